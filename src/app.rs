@@ -1,0 +1,37 @@
+//! The state every handler shares, built once at start and injected with `web::Data`.
+
+use std::sync::Arc;
+
+use crate::auth::Tokens;
+use crate::bus::{Bus, Published};
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::push::{Ingress, Push};
+use crate::registry::Registry;
+use crate::scenes::SceneTable;
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub node_id: Arc<str>,
+    pub hub: Hub,
+    pub registry: Registry,
+    pub bus: Bus,
+    pub tokens: Tokens,
+    pub scenes: SceneTable,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The one entry to the push path for every ingress.
+    pub async fn publish(&self, push: Push, ingress: Ingress) -> Published {
+        self.metrics.push_received(ingress);
+        let published = self.bus.publish(push).await;
+        log::debug!(
+            "{} push delivered to {}",
+            ingress.as_str(),
+            published.delivered
+        );
+        published
+    }
+}

@@ -1,0 +1,4 @@
+//! The doors pushes come in through. Each turns bytes into a [`crate::push::Push`]
+//! and hands it to [`crate::app::AppState::publish`]; none knows of another.
+
+pub mod http;

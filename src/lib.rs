@@ -1,0 +1,34 @@
+//! scenecast: a real-time push server. Browsers keep a WebSocket open tagged with a
+//! page and optionally a user id; back offices push to a page, a user or everyone.
+//!
+//! Data path: ingress → [`push::Push`] → [`bus::Bus`] → [`hub::Hub`] → per-connection
+//! outbox → WebSocket writer. Connection metadata goes to the [`registry`] on the side.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod hub;
+pub mod ingress;
+pub mod metrics;
+pub mod ops;
+pub mod push;
+pub mod registry;
+pub mod scenes;
+pub mod server;
+
+pub use config::Settings;
+pub use server::{Running, StartError, start};
+
+/// Starts the server and runs it until SIGINT/SIGTERM.
+pub async fn run(settings: Settings) -> Result<(), StartError> {
+    let running = start(settings).await?;
+    running
+        .serve_until_signal()
+        .await
+        .map_err(|e| StartError::Setup(format!("signal handling: {e}")))
+}

@@ -1,0 +1,446 @@
+//! The func handler table: `GET /?func=NAME` looks NAME up here and gets a ready
+//! [`Push`]. Each scene is compiled once at start into a template whose literal
+//! parts are already JSON text, so rendering a push is a few string appends:
+//! `{param}` holes are filled from the trigger's query, JSON-escaped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{ConfigError, SceneConfig};
+use crate::push::{Push, Target};
+
+/// Parameters that never reach a payload or a target: the trigger's own
+/// `func` and the API `token` (a secret that would otherwise land in browsers).
+const RESERVED_PARAMS: [&str; 2] = ["func", "token"];
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    /// Text copied as is (already JSON-encoded in message templates).
+    Literal(String),
+    /// A query parameter's value.
+    Param(String),
+}
+
+/// A string with `{param}` holes.
+#[derive(Debug, Clone, PartialEq)]
+struct Template {
+    pieces: Vec<Piece>,
+}
+
+impl Template {
+    fn params(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Param(name) => Some(name.as_str()),
+            Piece::Literal(_) => None,
+        })
+    }
+
+    /// Renders with each param's value passed through `escape`.
+    fn render(
+        &self,
+        params: &Params,
+        out: &mut String,
+        escape: fn(&str, &mut String),
+    ) -> Result<(), SceneError> {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(text) => out.push_str(text),
+                Piece::Param(name) => {
+                    let value = params
+                        .get(name)
+                        .ok_or_else(|| SceneError::MissingParam(name.clone()))?;
+                    escape(value, out);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `text` into literals and `{name}` holes (`name` = letters, digits, `_`).
+/// Anything else in braces stays literal, so JSON-looking text is left alone.
+fn split_params(text: &str, mut literal: impl FnMut(&str, &mut Vec<Piece>)) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with('}') {
+            literal(&rest[..open], &mut pieces);
+            pieces.push(Piece::Param(after[..name_len].to_string()));
+            rest = &after[name_len + 1..];
+        } else {
+            literal(&rest[..open + 1], &mut pieces);
+            rest = after;
+        }
+    }
+    literal(rest, &mut pieces);
+    merge(pieces)
+}
+
+fn push_literal(text: &str, pieces: &mut Vec<Piece>) {
+    if !text.is_empty() {
+        pieces.push(Piece::Literal(text.to_string()));
+    }
+}
+
+/// Appends `value` as the inside of a JSON string (no quotes).
+fn json_escape_into(value: &str, out: &mut String) {
+    let quoted = serde_json::Value::from(value).to_string();
+    out.push_str(&quoted[1..quoted.len() - 1]);
+}
+
+fn push_json_literal(text: &str, pieces: &mut Vec<Piece>) {
+    if !text.is_empty() {
+        let mut escaped = String::with_capacity(text.len());
+        json_escape_into(text, &mut escaped);
+        pieces.push(Piece::Literal(escaped));
+    }
+}
+
+fn raw_into(value: &str, out: &mut String) {
+    out.push_str(value);
+}
+
+/// Compiles a JSON value into a template of its serialized text.
+fn compile_message(value: &serde_json::Value, pieces: &mut Vec<Piece>) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => {
+            pieces.push(Piece::Literal("\"".into()));
+            pieces.extend(split_params(text, push_json_literal));
+            pieces.push(Piece::Literal("\"".into()));
+        }
+        Value::Array(items) => {
+            pieces.push(Piece::Literal("[".into()));
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    pieces.push(Piece::Literal(",".into()));
+                }
+                compile_message(item, pieces);
+            }
+            pieces.push(Piece::Literal("]".into()));
+        }
+        Value::Object(fields) => {
+            pieces.push(Piece::Literal("{".into()));
+            for (i, (key, item)) in fields.iter().enumerate() {
+                if i > 0 {
+                    pieces.push(Piece::Literal(",".into()));
+                }
+                pieces.push(Piece::Literal(format!("{}:", Value::from(key.as_str()))));
+                compile_message(item, pieces);
+            }
+            pieces.push(Piece::Literal("}".into()));
+        }
+        scalar => pieces.push(Piece::Literal(scalar.to_string())),
+    }
+}
+
+/// Where a scene's push goes.
+#[derive(Debug, Clone)]
+enum TargetTemplate {
+    All,
+    Page(Template),
+    Uid(Template),
+}
+
+/// One compiled row of the table.
+#[derive(Debug, Clone)]
+pub struct Scene {
+    pub func: String,
+    target: TargetTemplate,
+    message: Template,
+}
+
+impl Scene {
+    /// A short human description of the target, for the /back page and 404 lists.
+    pub fn target_label(&self) -> String {
+        let text = |t: &Template| {
+            t.pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Literal(l) => l.clone(),
+                    Piece::Param(name) => format!("{{{name}}}"),
+                })
+                .collect::<String>()
+        };
+        match &self.target {
+            TargetTemplate::All => "all".into(),
+            TargetTemplate::Page(t) => format!("page {}", text(t)),
+            TargetTemplate::Uid(t) => format!("uid {}", text(t)),
+        }
+    }
+
+    /// Builds the push for one trigger.
+    pub fn render(&self, params: &Params) -> Result<Push, SceneError> {
+        let render_id = |template: &Template| -> Result<Arc<str>, SceneError> {
+            let mut id = String::new();
+            template.render(params, &mut id, raw_into)?;
+            if id.is_empty() {
+                return Err(SceneError::EmptyTarget);
+            }
+            Ok(Arc::from(id))
+        };
+        let target = match &self.target {
+            TargetTemplate::All => Target::All,
+            TargetTemplate::Page(t) => Target::Page(render_id(t)?),
+            TargetTemplate::Uid(t) => Target::Uid(render_id(t)?),
+        };
+        let mut payload = String::with_capacity(128);
+        self.message
+            .render(params, &mut payload, json_escape_into)?;
+        Ok(Push::new(target, payload))
+    }
+}
+
+/// Query parameters of a trigger, first value of each name.
+#[derive(Debug, Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut map = HashMap::new();
+        for (name, value) in pairs {
+            if !RESERVED_PARAMS.contains(&name.as_str()) {
+                map.entry(name).or_insert(value);
+            }
+        }
+        Self(map)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// Why a trigger could not be turned into a push.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SceneError {
+    #[error("missing query parameter {0:?} used by this scene")]
+    MissingParam(String),
+    #[error("the scene's target rendered empty")]
+    EmptyTarget,
+}
+
+/// All scenes by func name.
+#[derive(Debug, Clone, Default)]
+pub struct SceneTable {
+    scenes: Vec<Scene>,
+    by_func: HashMap<String, usize>,
+}
+
+impl SceneTable {
+    /// Compiles and validates the configured scenes.
+    pub fn compile(configs: &[SceneConfig]) -> Result<Self, ConfigError> {
+        let mut table = SceneTable::default();
+        for (i, config) in configs.iter().enumerate() {
+            let key = |field: &str| format!("scenes[{i}].{field}");
+            let invalid = |field: &str, problem: String| ConfigError::Invalid {
+                key: key(field),
+                problem,
+            };
+            if config.func.is_empty() {
+                return Err(invalid("func", "must not be empty".into()));
+            }
+            if table.by_func.contains_key(&config.func) {
+                return Err(invalid(
+                    "func",
+                    format!("{:?} is listed twice", config.func),
+                ));
+            }
+            let target = match (&config.page, &config.uid, config.all) {
+                (Some(page), None, false) if !page.is_empty() => TargetTemplate::Page(Template {
+                    pieces: split_params(page, push_literal),
+                }),
+                (None, Some(uid), false) if !uid.is_empty() => TargetTemplate::Uid(Template {
+                    pieces: split_params(uid, push_literal),
+                }),
+                (None, None, true) => TargetTemplate::All,
+                _ => {
+                    return Err(invalid(
+                        "page",
+                        "set exactly one of page, uid or all = true (page and uid non-empty)"
+                            .into(),
+                    ));
+                }
+            };
+            let mut pieces = Vec::new();
+            compile_message(&config.message, &mut pieces);
+            let message = Template {
+                pieces: merge(pieces),
+            };
+            let target_params: Vec<&str> = match &target {
+                TargetTemplate::All => Vec::new(),
+                TargetTemplate::Page(t) | TargetTemplate::Uid(t) => t.params().collect(),
+            };
+            if let Some(name) = message
+                .params()
+                .chain(target_params)
+                .find(|name| RESERVED_PARAMS.contains(name))
+            {
+                return Err(invalid(
+                    "message",
+                    format!("{{{name}}} is reserved and cannot be used in a scene"),
+                ));
+            }
+            table
+                .by_func
+                .insert(config.func.clone(), table.scenes.len());
+            table.scenes.push(Scene {
+                func: config.func.clone(),
+                target,
+                message,
+            });
+        }
+        Ok(table)
+    }
+
+    pub fn get(&self, func: &str) -> Option<&Scene> {
+        self.by_func.get(func).map(|&i| &self.scenes[i])
+    }
+
+    /// Scenes in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Scene> {
+        self.scenes.iter()
+    }
+
+    pub fn funcs(&self) -> Vec<&str> {
+        self.scenes.iter().map(|s| s.func.as_str()).collect()
+    }
+}
+
+/// Joins adjacent literals so rendering appends as few pieces as possible.
+fn merge(pieces: Vec<Piece>) -> Vec<Piece> {
+    let mut merged: Vec<Piece> = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match (merged.last_mut(), piece) {
+            (Some(Piece::Literal(prev)), Piece::Literal(next)) => prev.push_str(&next),
+            (_, piece) => merged.push(piece),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scene(
+        page: Option<&str>,
+        uid: Option<&str>,
+        all: bool,
+        message: serde_json::Value,
+    ) -> SceneConfig {
+        SceneConfig {
+            func: "f".into(),
+            page: page.map(Into::into),
+            uid: uid.map(Into::into),
+            all,
+            message,
+        }
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn renders_params_escaped_into_valid_json() {
+        let table = SceneTable::compile(&[scene(
+            Some("home"),
+            None,
+            false,
+            json!({"code": 200, "message": "order {id} by {who}", "seq": "{seq}", "n": [1, null, true]}),
+        )])
+        .unwrap();
+        let push = table
+            .get("f")
+            .unwrap()
+            .render(&params(&[
+                ("id", "7"),
+                ("who", "a\"b<c>\n"),
+                ("seq", "12"),
+                ("page", "back"),
+            ]))
+            .unwrap();
+        assert_eq!(push.target, Target::Page("home".into()));
+        let parsed: serde_json::Value = serde_json::from_str(&push.payload).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"code": 200, "message": "order 7 by a\"b<c>\n", "seq": "12", "n": [1, null, true]})
+        );
+    }
+
+    #[test]
+    fn a_fixed_target_ignores_the_query_and_a_param_target_uses_it() {
+        let fixed = SceneTable::compile(&[scene(Some("home"), None, false, json!("x"))]).unwrap();
+        let push = fixed
+            .get("f")
+            .unwrap()
+            .render(&params(&[("page", "back")]))
+            .unwrap();
+        assert_eq!(push.target, Target::Page("home".into()));
+
+        let generic =
+            SceneTable::compile(&[scene(Some("{page}"), None, false, json!("x"))]).unwrap();
+        let push = generic
+            .get("f")
+            .unwrap()
+            .render(&params(&[("page", "list")]))
+            .unwrap();
+        assert_eq!(push.target, Target::Page("list".into()));
+        assert_eq!(
+            generic.get("f").unwrap().render(&params(&[])).unwrap_err(),
+            SceneError::MissingParam("page".into())
+        );
+        assert_eq!(
+            generic
+                .get("f")
+                .unwrap()
+                .render(&params(&[("page", "")]))
+                .unwrap_err(),
+            SceneError::EmptyTarget
+        );
+    }
+
+    #[test]
+    fn braces_that_are_not_params_stay_literal() {
+        let table = SceneTable::compile(&[scene(
+            None,
+            None,
+            true,
+            json!({"t": "{not a param} {} {ok}"}),
+        )])
+        .unwrap();
+        let push = table
+            .get("f")
+            .unwrap()
+            .render(&params(&[("ok", "yes")]))
+            .unwrap();
+        assert_eq!(&*push.payload, r#"{"t":"{not a param} {} yes"}"#);
+    }
+
+    #[test]
+    fn rejects_bad_tables() {
+        let err = |configs: &[SceneConfig]| SceneTable::compile(configs).unwrap_err().to_string();
+        assert!(err(&[scene(None, None, false, json!(1))]).starts_with("scenes[0].page"));
+        assert!(err(&[scene(Some("a"), Some("b"), false, json!(1))]).starts_with("scenes[0].page"));
+        assert!(err(&[scene(Some("a"), None, false, json!("{token}"))]).contains("reserved"));
+        let twice = [
+            scene(Some("a"), None, false, json!(1)),
+            scene(Some("b"), None, false, json!(1)),
+        ];
+        assert!(err(&twice).contains("listed twice"));
+    }
+
+    #[test]
+    fn reserved_params_never_fill_a_hole() {
+        let p = params(&[("token", "secret"), ("func", "f")]);
+        assert_eq!(p.get("token"), None);
+        assert_eq!(p.get("func"), None);
+    }
+}

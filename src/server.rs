@@ -1,0 +1,163 @@
+//! Assembles the server: binds the listeners, builds the shared state, runs actix-web,
+//! and owns the graceful stop (1001 to every client, registry entries removed,
+//! then the HTTP server drained).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+
+use crate::app::AppState;
+use crate::auth::Tokens;
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::hub::{CloseReason, Hub};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::scenes::SceneTable;
+use crate::{ingress, ops};
+
+/// A dead peer that stopped acknowledging our writes is dropped by the kernel after
+/// this long, even if we are not reading from it.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A started server. Dropping it does not stop it; call [`Running::stop`].
+pub struct Running {
+    /// Where HTTP and WebSocket are served.
+    pub http_addr: SocketAddr,
+    pub node_id: String,
+    state: web::Data<AppState>,
+    handle: ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts every listener configured in `settings` and returns once they are bound.
+/// Must be called inside a multi-threaded tokio runtime.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let settings = Arc::new(settings);
+    let node_id = settings.node_id();
+    let hub = Hub::new(settings.server.send_queue_bytes);
+    let metrics = Metrics::new(hub.clone());
+    let scenes = SceneTable::compile(&settings.scene_configs())
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let registry = Registry::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
+        .map_err(StartError::Setup)?;
+    let bus = Bus::embedded(hub.clone(), metrics.clone());
+    let state = web::Data::new(AppState {
+        settings: settings.clone(),
+        node_id: Arc::from(node_id.as_str()),
+        hub,
+        registry,
+        bus,
+        tokens: Tokens::new(&settings.auth),
+        scenes,
+        metrics,
+    });
+
+    let bind = &settings.server.bind;
+    let listener = TcpListener::bind(bind).map_err(|source| StartError::Bind {
+        addr: bind.clone(),
+        source,
+    })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: bind.clone(),
+        source,
+    })?;
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, usize::from),
+        n => n,
+    };
+
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .configure(ingress::http::routes)
+            .configure(ops::routes)
+            .default_service(web::to(ops::not_found))
+    })
+    .workers(workers)
+    .backlog(4096)
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_timeout_secs)
+    .on_connect(|connection, _| {
+        if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let socket = socket2::SockRef::from(stream);
+            let _ = socket.set_tcp_nodelay(true);
+            let _ = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+        }
+    })
+    .listen(listener)
+    .map_err(|source| StartError::Bind {
+        addr: bind.clone(),
+        source,
+    })?
+    .run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+
+    log::info!(
+        "scenecast node {node_id} serving HTTP + WebSocket on {http_addr} ({workers} workers), mode {}",
+        state.registry.mode()
+    );
+    Ok(Running {
+        http_addr,
+        node_id,
+        state,
+        handle,
+        server,
+        background: Vec::new(),
+    })
+}
+
+impl Running {
+    /// Graceful stop: every client gets a 1001 close, this node's registry entries
+    /// are removed, then the HTTP server drains and stops.
+    pub async fn stop(self) {
+        let state = &self.state;
+        log::info!(
+            "stopping: closing {} connections with 1001",
+            state.hub.len()
+        );
+        self.handle.pause().await;
+        state.hub.close_all(CloseReason::Shutdown);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        state.registry.shutdown().await;
+        for task in &self.background {
+            task.abort();
+        }
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        log::info!("stopped");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn serve_until_signal(self) -> std::io::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => log::info!("SIGINT received"),
+            _ = term.recv() => log::info!("SIGTERM received"),
+        }
+        self.stop().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! A scenecast server started in-process through the library, on port 0.
+
+use std::net::SocketAddr;
+
+use scenecast::Settings;
+
+pub const CLIENT_TOKEN: &str = "test-client-token";
+pub const API_TOKEN: &str = "test-api-token";
+
+/// Settings for tests: ephemeral port, known tokens, one worker.
+pub fn settings() -> Settings {
+    let mut s = Settings::default();
+    s.server.bind = "127.0.0.1:0".into();
+    s.server.workers = 1;
+    s.server.node_id = format!("test-{}", super::free_port());
+    s.auth.client_tokens = vec![CLIENT_TOKEN.into()];
+    s.auth.api_tokens = vec![API_TOKEN.into()];
+    s
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    running: Option<scenecast::Running>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts with `settings()` changed by `tweak`.
+    pub async fn start(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut s = settings();
+        tweak(&mut s);
+        s.validate().expect("test settings are valid");
+        Self::start_with(s).await
+    }
+
+    pub async fn start_with(settings: Settings) -> Self {
+        let running = scenecast::start(settings).await.expect("server starts");
+        TestServer {
+            addr: running.http_addr,
+            running: Some(running),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn http_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// `GET path` and the JSON body with the status.
+    pub async fn get_json(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .get(self.http_url(path_and_query))
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        let body = response.json().await.expect("a JSON body");
+        (status, body)
+    }
+
+    /// `POST /api/push` with the API token and a raw body.
+    pub async fn api_push(&self, body: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(self.http_url("/api/push"))
+            .bearer_auth(API_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Runs a scene through the seed's GET trigger.
+    pub async fn trigger(&self, func: &str, extra_query: &str) -> (u16, serde_json::Value) {
+        self.get_json(&format!("/?func={func}&token={API_TOKEN}{extra_query}"))
+            .await
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}

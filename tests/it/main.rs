@@ -1,0 +1,8 @@
+//! The one integration-test binary: every module below starts real servers on
+//! port 0 and talks to them over real sockets. Redis-backed tests start their own
+//! `redis-server` on a free port (see `common::redis`).
+
+mod common;
+
+mod config;
+mod router;
