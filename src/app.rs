@@ -34,4 +34,9 @@ impl AppState {
         );
         published
     }
+
+    /// Redis mode with both the registry and the bus connected.
+    pub fn redis_up(&self) -> bool {
+        self.registry.redis_up() && self.bus.is_up()
+    }
 }

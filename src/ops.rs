@@ -16,7 +16,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// mode) is unreachable.
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let mode = state.registry.mode();
-    let redis = state.registry.redis_up();
+    let redis = state.redis_up();
     let status = if mode == "redis" && !redis {
         "degraded"
     } else {

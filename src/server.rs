@@ -11,7 +11,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::app::AppState;
 use crate::auth::Tokens;
-use crate::bus::Bus;
+use crate::bus::{Bus, RedisBus};
 use crate::config::Settings;
 use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
@@ -57,7 +57,15 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let registry = Registry::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
         .map_err(StartError::Setup)?;
-    let bus = Bus::embedded(hub.clone(), metrics.clone());
+    let mut background = Vec::new();
+    let bus = if settings.redis.url.is_empty() {
+        Bus::embedded(hub.clone(), metrics.clone())
+    } else {
+        let (bus, link) = RedisBus::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
+            .map_err(StartError::Setup)?;
+        background.push(link);
+        Bus::Redis(bus)
+    };
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         node_id: Arc::from(node_id.as_str()),
@@ -121,7 +129,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         state,
         handle,
         server,
-        background: Vec::new(),
+        background,
     })
 }
 

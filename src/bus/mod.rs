@@ -1,9 +1,14 @@
 //! Cross-node delivery. Every ingress hands its [`Push`] to the bus; the bus makes
 //! sure each node's hub delivers it exactly once.
 //!
-//! Embedded mode is a direct call into this node's hub.
+//! Embedded mode is a direct call into this node's hub; redis mode publishes on a
+//! channel every node subscribes to (see [`redis`]).
+
+mod redis;
 
 use std::sync::Arc;
+
+pub use self::redis::RedisBus;
 
 use crate::hub::{Delivery, Hub};
 use crate::metrics::Metrics;
@@ -22,6 +27,7 @@ pub struct Published {
 #[derive(Clone)]
 pub enum Bus {
     Embedded { hub: Hub, metrics: Arc<Metrics> },
+    Redis(RedisBus),
 }
 
 impl Bus {
@@ -36,6 +42,15 @@ impl Bus {
                 delivered: deliver_local(hub, metrics, &push).delivered,
                 cluster_wide: true,
             },
+            Bus::Redis(bus) => bus.publish(push).await,
+        }
+    }
+
+    /// Whether cross-node delivery works now (always true in embedded mode).
+    pub fn is_up(&self) -> bool {
+        match self {
+            Bus::Embedded { .. } => true,
+            Bus::Redis(bus) => bus.is_up(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - redis: the hash `{prefix}:conns` plus per-page/uid/node sets, kept by a background
 //!   worker so that no connection ever waits on Redis (see [`redis`]).
 
+mod keys;
 mod redis;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::hub::{ConnId, ConnMeta, Hub};
 use crate::metrics::Metrics;
 use crate::push::Target;
 
+pub use self::keys::RedisKeys;
 pub use self::redis::RedisRegistry;
 
 /// The JSON value stored per connection in `{prefix}:conns`.

@@ -25,6 +25,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::keys::RedisKeys as Keys;
 use super::{ConnRecord, Count, PageCount, Stats, local_stats};
 use crate::config::RedisSettings;
 use crate::hub::{ConnId, ConnMeta, Hub};
@@ -66,37 +67,6 @@ enum Event {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Key names under the configured prefix.
-#[derive(Clone)]
-struct Keys {
-    prefix: String,
-    node: String,
-}
-
-impl Keys {
-    fn conns(&self) -> String {
-        format!("{}:conns", self.prefix)
-    }
-    fn page(&self, page: &str) -> String {
-        format!("{}:page:{page}", self.prefix)
-    }
-    fn uid(&self, uid: &str) -> String {
-        format!("{}:uid:{uid}", self.prefix)
-    }
-    fn owned(&self, node: &str) -> String {
-        format!("{}:node:{node}:conns", self.prefix)
-    }
-    fn alive(&self, node: &str) -> String {
-        format!("{}:node:{node}:alive", self.prefix)
-    }
-    fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-    fn conn_id(&self, id: ConnId) -> String {
-        format!("{}:{id}", self.node)
-    }
-}
-
 struct Shared {
     keys: Keys,
     events: mpsc::Sender<Event>,
@@ -126,10 +96,7 @@ impl RedisRegistry {
             redis::Client::open(settings.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
         let (events, rx) = mpsc::channel(EVENT_CAPACITY);
         let shared = Arc::new(Shared {
-            keys: Keys {
-                prefix: settings.prefix.clone(),
-                node: node.to_string(),
-            },
+            keys: Keys::new(&settings.prefix, node),
             events,
             resync: AtomicBool::new(true),
             up: AtomicBool::new(false),
@@ -174,11 +141,8 @@ impl RedisRegistry {
         let counted: Option<usize> = match self.connection() {
             None => None,
             Some(mut conn) => {
-                let result: redis::RedisResult<usize> = match target {
-                    Target::All => conn.hlen(keys.conns()).await,
-                    Target::Page(page) => conn.scard(keys.page(page)).await,
-                    Target::Uid(uid) => conn.scard(keys.uid(uid)).await,
-                };
+                let result: redis::RedisResult<usize> =
+                    keys.count(target).query_async(&mut conn).await;
                 result.inspect_err(|e| self.failed("count", e)).ok()
             }
         };

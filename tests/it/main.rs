@@ -4,5 +4,6 @@
 
 mod common;
 
+mod cluster;
 mod config;
 mod router;

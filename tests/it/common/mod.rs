@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod node;
 pub mod redis;
 pub mod server;
 pub mod ws;
 
+pub use self::node::Node;
 pub use self::redis::RedisServer;
 pub use self::server::{API_TOKEN, CLIENT_TOKEN, TestServer};
 pub use self::ws::{SilentClient, WsClient};

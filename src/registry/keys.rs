@@ -1,0 +1,63 @@
+//! Names of every Redis key and channel scenecast uses, under `redis.prefix`.
+//! The registry writes them; the bus reads the counts and publishes on the channel.
+
+use crate::hub::ConnId;
+use crate::push::Target;
+
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    pub prefix: String,
+    /// This node's id.
+    pub node: String,
+}
+
+impl RedisKeys {
+    pub fn new(prefix: &str, node: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Hash: connection id → JSON record.
+    pub fn conns(&self) -> String {
+        format!("{}:conns", self.prefix)
+    }
+    /// Set: ids of connections on `page`.
+    pub fn page(&self, page: &str) -> String {
+        format!("{}:page:{page}", self.prefix)
+    }
+    /// Set: ids of connections bound to `uid`.
+    pub fn uid(&self, uid: &str) -> String {
+        format!("{}:uid:{uid}", self.prefix)
+    }
+    /// Set: ids owned by `node` (for crash clean-up).
+    pub fn owned(&self, node: &str) -> String {
+        format!("{}:node:{node}:conns", self.prefix)
+    }
+    /// String with TTL: `node` is alive while it exists.
+    pub fn alive(&self, node: &str) -> String {
+        format!("{}:node:{node}:alive", self.prefix)
+    }
+    /// Set: nodes that registered.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    /// Pub/sub channel every node subscribes to.
+    pub fn push_channel(&self) -> String {
+        format!("{}:push", self.prefix)
+    }
+    /// Cluster-unique id of a local connection.
+    pub fn conn_id(&self, id: ConnId) -> String {
+        format!("{}:{id}", self.node)
+    }
+
+    /// The command counting open connections that match `target`, cluster-wide.
+    pub fn count(&self, target: &Target) -> redis::Cmd {
+        match target {
+            Target::All => redis::cmd("HLEN").arg(self.conns()).clone(),
+            Target::Page(page) => redis::cmd("SCARD").arg(self.page(page)).clone(),
+            Target::Uid(uid) => redis::cmd("SCARD").arg(self.uid(uid)).clone(),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! A scenecast node as a real process (the binary CI builds in release mode, or the
+//! test profile's one), for cluster tests: own config file, own port, killed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::{API_TOKEN, CLIENT_TOKEN, WAIT, free_port};
+
+/// The binary under test: `$SCENECAST_BIN` (CI points it at the release build),
+/// else the one cargo built for this test run.
+fn binary() -> PathBuf {
+    std::env::var_os("SCENECAST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scenecast")))
+}
+
+pub struct Node {
+    pub id: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node on a free port with `redis_url`/`prefix`; `extra` is appended
+    /// to the generated TOML (extra sections only).
+    pub fn spawn(id: &str, redis_url: &str, prefix: &str, ttl_secs: u64, extra: &str) -> Node {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let dir = std::env::temp_dir();
+        let config = dir.join(format!("scenecast-{prefix}-{id}-{port}.toml"));
+        let log = dir.join(format!("scenecast-{prefix}-{id}-{port}.log"));
+        let text = format!(
+            "[server]\nbind = \"{addr}\"\nnode_id = \"{id}\"\nworkers = 1\n\
+             [auth]\nclient_tokens = [\"{CLIENT_TOKEN}\"]\napi_tokens = [\"{API_TOKEN}\"]\n\
+             [redis]\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\nnode_ttl_secs = {ttl_secs}\n{extra}"
+        );
+        std::fs::write(&config, text).expect("write node config");
+        let stderr = std::fs::File::create(&log).expect("create node log");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the scenecast binary");
+        Node {
+            id: id.to_string(),
+            addr,
+            child: Some(child),
+            config,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn http_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// The node's `/healthz` JSON, or `None` while it does not answer.
+    pub async fn health(&self) -> Option<serde_json::Value> {
+        let response = reqwest::get(self.http_url("/healthz")).await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until `/healthz` says `status` (e.g. "ok" once Redis is connected).
+    pub async fn wait_status(&self, status: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if self.health().await.is_some_and(|h| h["status"] == status) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "node {} never reported {status:?}; log:\n{}",
+                    self.id,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: a crash, no clean-up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit (graceful stop).
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} did not exit within {WAIT:?} of SIGTERM", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
