@@ -1,0 +1,18 @@
+# Two stages: build the release binary, then ship it alone on a slim Debian.
+# Pages and static files are compiled into the binary, so nothing else is copied.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin scenecast
+
+FROM debian:bookworm-slim
+RUN useradd --system --no-create-home scenecast
+COPY --from=build /src/target/release/scenecast /usr/local/bin/scenecast
+USER scenecast
+WORKDIR /home/scenecast
+# Containers listen on all interfaces; everything else comes from SCENECAST__* env.
+ENV SCENECAST__SERVER__BIND=0.0.0.0:9502 \
+    RUST_LOG=info
+EXPOSE 9502
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["scenecast", "serve"]
