@@ -57,6 +57,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        // Every refused request leaves one line, whichever handler refused it.
+        log::info!("request refused: {self}");
         let mut body = json!({"code": self.status.as_u16(), "message": self.message});
         if let Value::Object(fields) = &mut body {
             fields.extend(self.extra.clone());

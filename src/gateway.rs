@@ -84,10 +84,9 @@ pub async fn upgrade(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Counted here; the refusal is logged once, by `ApiError`'s response.
     let reject = |reason: &'static str, error: ApiError| {
         state.metrics.rejected(reason);
-        log::info!("websocket from {peer} refused: {error}");
         error
     };
 
@@ -141,7 +140,8 @@ pub async fn upgrade(
     let (id, outbox) = state.hub.open(meta.clone());
     state.registry.opened(id, &meta);
     log::debug!(
-        "conn {id} open from {peer}: page={:?} uid={:?} {role:?}",
+        "conn {id} open from {}: page={:?} uid={:?} {role:?}",
+        req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
         meta.page,
         meta.uid
     );
