@@ -39,17 +39,60 @@ pub enum StartError {
 pub struct Running {
     /// Where HTTP and WebSocket are served.
     pub http_addr: SocketAddr,
+    /// Where the Workerman text port listens (`ingress.text_bind`), when on.
+    pub text_addr: Option<SocketAddr>,
+    /// Where the UDP port listens (`ingress.udp_bind`), when on.
+    pub udp_addr: Option<SocketAddr>,
     pub node_id: String,
     state: web::Data<AppState>,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The text and UDP ports; stopped first on [`Running::stop`].
+    ingress_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts every listener configured in `settings` and returns once they are bound.
 /// Must be called inside a multi-threaded tokio runtime.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let settings = Arc::new(settings);
+    // The ingress ports are bound before any task is spawned, so a port in use
+    // fails the start with nothing of theirs left running.
+    let text_key = "ingress.text_bind";
+    let text_listener = match settings.ingress.text_bind.as_str() {
+        "" => None,
+        addr => Some(
+            ingress::text::bind(addr)
+                .await
+                .map_err(|e| bind_error(text_key, addr, e))?,
+        ),
+    };
+    let udp_key = "ingress.udp_bind";
+    let udp_socket = match settings.ingress.udp_bind.as_str() {
+        "" => None,
+        addr => Some(
+            ingress::udp::bind(addr)
+                .await
+                .map_err(|e| bind_error(udp_key, addr, e))?,
+        ),
+    };
+    let text_addr = match &text_listener {
+        Some(listener) => Some(
+            listener
+                .local_addr()
+                .map_err(|e| bind_error(text_key, &settings.ingress.text_bind, e))?,
+        ),
+        None => None,
+    };
+    let udp_addr = match &udp_socket {
+        Some(socket) => Some(
+            socket
+                .local_addr()
+                .map_err(|e| bind_error(udp_key, &settings.ingress.udp_bind, e))?,
+        ),
+        None => None,
+    };
+
     let node_id = settings.node_id();
     let hub = Hub::new(settings.server.send_queue_bytes);
     let metrics = Metrics::new(hub.clone());
@@ -123,14 +166,51 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         "scenecast node {node_id} serving HTTP + WebSocket on {http_addr} ({workers} workers), mode {}",
         state.registry.mode()
     );
+    let mut ingress_tasks = Vec::new();
+    if let (Some(listener), Some(addr)) = (text_listener, text_addr) {
+        let token = if settings.ingress.text_token.is_empty() {
+            "no token"
+        } else {
+            "token required"
+        };
+        log::info!("text port (Workerman protocol) on {addr}, {token}");
+        warn_if_exposed("ingress.text_bind", addr, &settings.ingress.text_token);
+        ingress_tasks.push(ingress::text::spawn(listener, state.clone().into_inner()));
+    }
+    if let (Some(socket), Some(addr)) = (udp_socket, udp_addr) {
+        log::info!("UDP port on {addr}");
+        warn_if_exposed("ingress.udp_bind", addr, &settings.ingress.text_token);
+        ingress_tasks.push(ingress::udp::spawn(socket, state.clone().into_inner()));
+    }
     Ok(Running {
         http_addr,
+        text_addr,
+        udp_addr,
         node_id,
         state,
         handle,
         server,
         background,
+        ingress_tasks,
     })
+}
+
+/// A bind failure that names the config key, as every start error does.
+fn bind_error(key: &str, addr: &str, source: std::io::Error) -> StartError {
+    StartError::Bind {
+        addr: format!("{addr} ({key})"),
+        source,
+    }
+}
+
+/// The socket ingresses trust whoever reaches them unless a token is set.
+fn warn_if_exposed(key: &str, addr: SocketAddr, token: &str) {
+    if token.is_empty() && !addr.ip().is_loopback() {
+        log::warn!(
+            "{key} = {addr} is reachable from other machines and ingress.text_token is empty: \
+             anyone who can reach it can push; bind it to 127.0.0.1 or set a token"
+        );
+    }
 }
 
 impl Running {
@@ -143,6 +223,12 @@ impl Running {
             state.hub.len()
         );
         self.handle.pause().await;
+        // The socket ingresses stop taking pushes first; awaiting the aborted tasks
+        // makes sure their ports are closed when `stop` returns.
+        for task in self.ingress_tasks {
+            task.abort();
+            let _ = task.await;
+        }
         state.hub.close_all(CloseReason::Shutdown);
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(state.settings.server.shutdown_timeout_secs);

@@ -2,3 +2,6 @@
 //! and hands it to [`crate::app::AppState::publish`]; none knows of another.
 
 pub mod http;
+pub mod text;
+mod throttle;
+pub mod udp;

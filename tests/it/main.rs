@@ -6,4 +6,6 @@ mod common;
 
 mod cluster;
 mod config;
+mod ingress;
+mod profiles;
 mod router;

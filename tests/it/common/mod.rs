@@ -6,11 +6,13 @@
 pub mod node;
 pub mod redis;
 pub mod server;
+pub mod text;
 pub mod ws;
 
 pub use self::node::Node;
 pub use self::redis::RedisServer;
 pub use self::server::{API_TOKEN, CLIENT_TOKEN, TestServer};
+pub use self::text::{TextClient, php_push, udp_send};
 pub use self::ws::{SilentClient, WsClient};
 
 use std::time::Duration;

@@ -20,6 +20,10 @@ pub fn settings() -> Settings {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The text port, when `ingress.text_bind` was set (use `127.0.0.1:0`).
+    pub text_addr: Option<SocketAddr>,
+    /// The UDP port, when `ingress.udp_bind` was set (use `127.0.0.1:0`).
+    pub udp_addr: Option<SocketAddr>,
     running: Option<scenecast::Running>,
     pub http: reqwest::Client,
 }
@@ -37,6 +41,8 @@ impl TestServer {
         let running = scenecast::start(settings).await.expect("server starts");
         TestServer {
             addr: running.http_addr,
+            text_addr: running.text_addr,
+            udp_addr: running.udp_addr,
             running: Some(running),
             http: reqwest::Client::new(),
         }

@@ -1,0 +1,451 @@
+//! The Workerman text port: back offices open a TCP connection (PHP
+//! `stream_socket_client` + `fwrite` + `fread`, or `nc`), write one JSON object per
+//! line and read one reply line per request: `ok\n` when at least one connection got
+//! the push, `fail\n` when none did or the line was refused.
+//!
+//! Each line is routed by [`route_json_line`] (uid/user_id, else page, else all) and
+//! the frame pushed is the line as sent (minus `"token"` when `ingress.text_token` is
+//! set). Replies come in request order. Bad input (not UTF-8, not a JSON object, wrong
+//! token, longer than `server.max_message_bytes`, a line cut off by the disconnect)
+//! gets `fail\n` and a throttled warning, and only ever affects its own line.
+//!
+//! Limits, all fixed so nobody can exhaust the process through this port:
+//! - at most [`MAX_CONNECTIONS`] connections at once; one more is closed at accept;
+//! - a line longer than the limit is skipped up to its newline without being
+//!   buffered, then answered `fail\n`; the connection stays usable;
+//! - a connection may idle between lines for ever (Workerman clients keep theirs
+//!   open; TCP keepalive finds dead peers), but a line that has started must end
+//!   within [`LINE_TIMEOUT`], else `fail\n` and the connection is closed;
+//! - a client that stops reading its replies is closed after `server.send_timeout_secs`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::throttle::WarnThrottle;
+use crate::app::AppState;
+use crate::push::{Ingress, Push, RouteError, route_json_line};
+
+/// Text connections open at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long the rest of a started line may take to arrive.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keepalive probes start after this much silence; a dead peer is dropped ~30 s later.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// A peer that stopped acknowledging our replies is dropped by the kernel after this.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// After an accept error (e.g. out of file descriptors), wait before the next accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+const OK: &[u8] = b"ok\n";
+const FAIL: &[u8] = b"fail\n";
+
+/// What every connection of the port shares.
+struct Port {
+    state: Arc<AppState>,
+    /// `ingress.text_token`, when set.
+    token: Option<String>,
+    max_line: usize,
+    send_timeout: Duration,
+    warnings: WarnThrottle,
+}
+
+/// Binds the text port (`ingress.text_bind`).
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `listener` until the returned task is aborted; aborting it also ends
+/// every open text connection.
+pub fn spawn(listener: TcpListener, state: Arc<AppState>) -> JoinHandle<()> {
+    let settings = &state.settings;
+    let port = Arc::new(Port {
+        token: Some(settings.ingress.text_token.clone()).filter(|t| !t.is_empty()),
+        max_line: settings.server.max_message_bytes,
+        send_timeout: Duration::from_secs(settings.server.send_timeout_secs),
+        warnings: WarnThrottle::new(module_path!()),
+        state,
+    });
+    tokio::spawn(accept_loop(listener, port))
+}
+
+async fn accept_loop(listener: TcpListener, port: Arc<Port>) {
+    // Owning the connection tasks here means that dropping this future (abort on
+    // stop) drops, and so closes, every text connection too.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        port.state.metrics.rejected("text_connections");
+                        port.warnings.warn(format_args!(
+                            "text port: refused {peer}: {MAX_CONNECTIONS} connections already open"
+                        ));
+                        continue;
+                    }
+                    connections.spawn(serve_connection(stream, peer, port.clone()));
+                }
+                Err(e) => {
+                    port.warnings.warn(format_args!("text port: accept failed: {e}"));
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Port>) {
+    let socket = SockRef::from(&stream);
+    let _ = socket.set_tcp_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(3);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    let _ = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+    log::debug!("text port: {peer} connected");
+
+    let (read, write) = stream.split();
+    let mut lines = LineReader::new(read, port.max_line, LINE_TIMEOUT);
+    let mut replies = Replies {
+        writer: BufWriter::new(write),
+        timeout: port.send_timeout,
+    };
+    loop {
+        // Replies are batched while more lines are already here, and flushed
+        // before waiting on the socket, so a client awaiting its reply gets it.
+        if !lines.has_line_buffered() && !replies.flush().await {
+            return;
+        }
+        let reply = match lines.next().await {
+            Ok(Frame::Line) => match port.handle(lines.line()).await {
+                Some(Ok(delivered)) if delivered > 0 => OK,
+                Some(Ok(_)) => FAIL,
+                Some(Err((reason, problem))) => {
+                    port.refuse(reason, peer, format_args!("{problem}"));
+                    FAIL
+                }
+                None => continue,
+            },
+            Ok(Frame::TooLong) => {
+                port.refuse(
+                    "text_too_big",
+                    peer,
+                    format_args!("line over server.max_message_bytes ({})", port.max_line),
+                );
+                FAIL
+            }
+            Ok(Frame::Unfinished(bytes)) => {
+                port.refuse(
+                    "text_unfinished",
+                    peer,
+                    format_args!("disconnected in the middle of a line ({bytes} bytes lost)"),
+                );
+                // The client may have closed only its sending side and still read.
+                if replies.send(FAIL).await {
+                    replies.flush().await;
+                }
+                return;
+            }
+            Ok(Frame::Stalled) => {
+                port.refuse(
+                    "text_unfinished",
+                    peer,
+                    format_args!(
+                        "line unfinished after {}s, closing the connection",
+                        LINE_TIMEOUT.as_secs()
+                    ),
+                );
+                if replies.send(FAIL).await {
+                    replies.flush().await;
+                }
+                return;
+            }
+            Ok(Frame::End) => {
+                replies.flush().await;
+                log::debug!("text port: {peer} disconnected");
+                return;
+            }
+            Err(e) => {
+                if lines.unfinished() > 0 {
+                    port.refuse(
+                        "text_unfinished",
+                        peer,
+                        format_args!(
+                            "connection lost in the middle of a line ({} bytes lost): {e}",
+                            lines.unfinished()
+                        ),
+                    );
+                } else {
+                    log::debug!("text port: {peer} connection lost: {e}");
+                }
+                return;
+            }
+        };
+        if !replies.send(reply).await {
+            return;
+        }
+    }
+}
+
+impl Port {
+    /// Routes and publishes one complete line: the number of connections reached,
+    /// the reason it was refused, or `None` for a blank line (no reply).
+    async fn handle(&self, line: &[u8]) -> Option<Result<usize, (&'static str, String)>> {
+        let push = match self.route(line)? {
+            Ok(push) => push,
+            Err(refusal) => return Some(Err(refusal)),
+        };
+        let published = self.state.publish(push, Ingress::Text).await;
+        Some(Ok(published.delivered))
+    }
+
+    fn route(&self, line: &[u8]) -> Option<Result<Push, (&'static str, String)>> {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return Some(Err(("text_encoding", "line is not UTF-8".into())));
+        };
+        if line.trim().is_empty() {
+            return None;
+        }
+        Some(route_json_line(line, self.token.as_deref()).map_err(|e| {
+            let reason = match e {
+                RouteError::NotJson(_) => "text_json",
+                RouteError::BadToken => "text_token",
+                RouteError::BadTarget(_) => "text_target",
+            };
+            (reason, e.to_string())
+        }))
+    }
+
+    fn refuse(&self, reason: &'static str, peer: SocketAddr, problem: std::fmt::Arguments<'_>) {
+        self.state.metrics.rejected(reason);
+        self.warnings.warn(format_args!(
+            "text port: line from {peer} refused: {problem}"
+        ));
+    }
+}
+
+/// The reply side of a connection, every write bounded by the send timeout.
+struct Replies<W> {
+    writer: BufWriter<W>,
+    timeout: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> Replies<W> {
+    /// Queues one reply; false when the client is gone or stopped reading.
+    async fn send(&mut self, reply: &[u8]) -> bool {
+        matches!(
+            timeout(self.timeout, self.writer.write_all(reply)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn flush(&mut self) -> bool {
+        matches!(timeout(self.timeout, self.writer.flush()).await, Ok(Ok(())))
+    }
+}
+
+/// What [`LineReader::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// A complete line, available from [`LineReader::line`].
+    Line,
+    /// A line over the limit was skipped, up to and including its newline.
+    TooLong,
+    /// The peer closed in the middle of a line of this many bytes.
+    Unfinished(usize),
+    /// A started line did not end within [`LINE_TIMEOUT`].
+    Stalled,
+    /// The peer closed between lines.
+    End,
+}
+
+/// Newline-delimited lines with a length limit. A line over the limit is never held
+/// in memory: once it outgrows the limit its bytes are dropped as they arrive.
+struct LineReader<R> {
+    inner: BufReader<R>,
+    line: Vec<u8>,
+    max: usize,
+    /// The current line outgrew `max`; skipping to its newline.
+    overflowed: bool,
+    /// Bytes of the current, unfinished line received so far.
+    pending: usize,
+    /// When the current unfinished line began to arrive.
+    started: Option<Instant>,
+    /// How long a started line may take to end.
+    line_timeout: Duration,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    fn new(inner: R, max: usize, line_timeout: Duration) -> Self {
+        Self {
+            inner: BufReader::new(inner),
+            line: Vec::new(),
+            max,
+            overflowed: false,
+            pending: 0,
+            started: None,
+            line_timeout,
+        }
+    }
+
+    /// The line returned by the last [`Frame::Line`], without its `\n` or `\r\n`.
+    fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// Whether a complete line is already buffered (reading it will not wait).
+    fn has_line_buffered(&self) -> bool {
+        self.inner.buffer().contains(&b'\n')
+    }
+
+    /// Bytes of a line that has started but not ended.
+    fn unfinished(&self) -> usize {
+        self.pending
+    }
+
+    /// Reads up to the end of the next line. Cancel-safe: state lives in `self`.
+    async fn next(&mut self) -> io::Result<Frame> {
+        if self.pending == 0 {
+            self.line.clear();
+        }
+        loop {
+            let chunk = match self.started {
+                Some(started) => {
+                    match timeout_at(started + self.line_timeout, self.inner.fill_buf()).await {
+                        Ok(chunk) => chunk?,
+                        Err(_) => {
+                            self.reset();
+                            return Ok(Frame::Stalled);
+                        }
+                    }
+                }
+                None => self.inner.fill_buf().await?,
+            };
+            if chunk.is_empty() {
+                let lost = self.pending;
+                self.reset();
+                return Ok(if lost == 0 {
+                    Frame::End
+                } else {
+                    Frame::Unfinished(lost)
+                });
+            }
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let part = &chunk[..newline.unwrap_or(chunk.len())];
+            // One byte of slack for the `\r` of a `\r\n` ending.
+            if !self.overflowed && self.line.len() + part.len() > self.max + 1 {
+                self.overflowed = true;
+                self.line = Vec::new();
+            }
+            if !self.overflowed {
+                self.line.extend_from_slice(part);
+            }
+            let used = part.len() + usize::from(newline.is_some());
+            self.pending += part.len();
+            self.inner.consume(used);
+
+            if newline.is_none() {
+                self.started.get_or_insert_with(Instant::now);
+                continue;
+            }
+            let overflowed = self.overflowed;
+            self.pending = 0;
+            self.started = None;
+            self.overflowed = false;
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            if overflowed || self.line.len() > self.max {
+                self.line.clear();
+                return Ok(Frame::TooLong);
+            }
+            return Ok(Frame::Line);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.line.clear();
+        self.pending = 0;
+        self.started = None;
+        self.overflowed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frames(input: &[u8], max: usize) -> Vec<Result<String, Frame>> {
+        let mut reader = LineReader::new(input, max, LINE_TIMEOUT);
+        let mut out = Vec::new();
+        loop {
+            match reader.next().await.unwrap() {
+                Frame::Line => out.push(Ok(String::from_utf8_lossy(reader.line()).into())),
+                Frame::End => return out,
+                other => out.push(Err(other)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_strips_line_endings() {
+        assert_eq!(
+            frames(b"{\"a\":1}\n\r\n{\"b\":2}\r\n", 64).await,
+            [
+                Ok("{\"a\":1}".into()),
+                Ok("".into()),
+                Ok("{\"b\":2}".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_skipped_and_the_next_one_read() {
+        let mut input = vec![b'x'; 1000];
+        input.extend_from_slice(b"\nabcd\nabcde\r\nabcdef\n");
+        assert_eq!(
+            frames(&input, 5).await,
+            [
+                Err(Frame::TooLong),
+                Ok("abcd".into()),
+                Ok("abcde".into()),
+                Err(Frame::TooLong),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_last_line_is_reported_not_returned() {
+        assert_eq!(
+            frames(b"{\"a\":1}\n{\"uid\":", 64).await,
+            [Ok("{\"a\":1}".into()), Err(Frame::Unfinished(7))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_line_times_out_but_an_idle_connection_does_not() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = LineReader::new(server, 64, Duration::from_millis(50));
+        client.write_all(b"{}\n").await.unwrap();
+        assert_eq!(reader.next().await.unwrap(), Frame::Line);
+        // Idle between lines: no deadline.
+        assert!(
+            timeout(Duration::from_millis(200), reader.next())
+                .await
+                .is_err()
+        );
+        client.write_all(b"{\"uid\"").await.unwrap();
+        assert_eq!(reader.next().await.unwrap(), Frame::Stalled);
+    }
+}
