@@ -52,46 +52,63 @@ pub struct Running {
     ingress_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The ports of one server, bound and not yet served.
+struct Listeners {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    text: Option<tokio::net::TcpListener>,
+    text_addr: Option<SocketAddr>,
+    udp: Option<tokio::net::UdpSocket>,
+    udp_addr: Option<SocketAddr>,
+}
+
+impl Listeners {
+    async fn bind(settings: &Settings) -> Result<Self, StartError> {
+        let bind = &settings.server.bind;
+        let http = TcpListener::bind(bind).map_err(|e| bind_error("server.bind", bind, e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| bind_error("server.bind", bind, e))?;
+
+        let (text, text_addr) = match settings.ingress.text_bind.as_str() {
+            "" => (None, None),
+            addr => {
+                let error = |e| bind_error("ingress.text_bind", addr, e);
+                let listener = ingress::text::bind(addr).await.map_err(error)?;
+                let local = listener.local_addr().map_err(error)?;
+                (Some(listener), Some(local))
+            }
+        };
+        let (udp, udp_addr) = match settings.ingress.udp_bind.as_str() {
+            "" => (None, None),
+            addr => {
+                let error = |e| bind_error("ingress.udp_bind", addr, e);
+                let socket = ingress::udp::bind(addr).await.map_err(error)?;
+                let local = socket.local_addr().map_err(error)?;
+                (Some(socket), Some(local))
+            }
+        };
+        Ok(Self {
+            http,
+            http_addr,
+            text,
+            text_addr,
+            udp,
+            udp_addr,
+        })
+    }
+}
+
 /// Starts every listener configured in `settings` and returns once they are bound.
 /// Must be called inside a multi-threaded tokio runtime.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let settings = Arc::new(settings);
-    // The ingress ports are bound before any task is spawned, so a port in use
-    // fails the start with nothing of theirs left running.
-    let text_key = "ingress.text_bind";
-    let text_listener = match settings.ingress.text_bind.as_str() {
-        "" => None,
-        addr => Some(
-            ingress::text::bind(addr)
-                .await
-                .map_err(|e| bind_error(text_key, addr, e))?,
-        ),
-    };
-    let udp_key = "ingress.udp_bind";
-    let udp_socket = match settings.ingress.udp_bind.as_str() {
-        "" => None,
-        addr => Some(
-            ingress::udp::bind(addr)
-                .await
-                .map_err(|e| bind_error(udp_key, addr, e))?,
-        ),
-    };
-    let text_addr = match &text_listener {
-        Some(listener) => Some(
-            listener
-                .local_addr()
-                .map_err(|e| bind_error(text_key, &settings.ingress.text_bind, e))?,
-        ),
-        None => None,
-    };
-    let udp_addr = match &udp_socket {
-        Some(socket) => Some(
-            socket
-                .local_addr()
-                .map_err(|e| bind_error(udp_key, &settings.ingress.udp_bind, e))?,
-        ),
-        None => None,
-    };
+    // Every port is bound before any task is spawned, so a port in use fails the
+    // start with nothing left running.
+    let listeners = Listeners::bind(&settings).await?;
+    let (http_addr, text_addr, udp_addr) =
+        (listeners.http_addr, listeners.text_addr, listeners.udp_addr);
+    let (listener, text_listener, udp_socket) = (listeners.http, listeners.text, listeners.udp);
 
     let node_id = settings.node_id();
     let hub = Hub::new(settings.server.send_queue_bytes);
@@ -120,15 +137,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics,
     });
 
-    let bind = &settings.server.bind;
-    let listener = TcpListener::bind(bind).map_err(|source| StartError::Bind {
-        addr: bind.clone(),
-        source,
-    })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: bind.clone(),
-        source,
-    })?;
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
         n => n,
@@ -154,10 +162,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         }
     })
     .listen(listener)
-    .map_err(|source| StartError::Bind {
-        addr: bind.clone(),
-        source,
-    })?
+    .map_err(|e| bind_error("server.bind", &settings.server.bind, e))?
     .run();
     let handle = server.handle();
     let server = tokio::spawn(server);

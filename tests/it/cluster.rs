@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{API_TOKEN, CLIENT_TOKEN, Node, RedisServer, WsClient, eventually};
+use crate::common::text::{TextClient, udp_send};
+use crate::common::{API_TOKEN, CLIENT_TOKEN, Node, RedisServer, WsClient, eventually, free_port};
 
 fn client_url(node: &Node, query: &str) -> String {
     node.ws_url(&format!("/?{query}&token={CLIENT_TOKEN}"))
@@ -54,9 +55,24 @@ async fn wait_registered(redis: &RedisServer, prefix: &str, expected: usize) {
 async fn a_push_entering_any_node_reaches_every_node_once() {
     let redis = RedisServer::start();
     let prefix = "sc-fanout";
-    let a = Node::spawn("a", &redis.url(), prefix, 10, "");
+    // Node a also takes the text port, node c the UDP port.
+    let text_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let udp_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a = Node::spawn(
+        "a",
+        &redis.url(),
+        prefix,
+        10,
+        &format!("[ingress]\ntext_bind = \"{text_addr}\"\n"),
+    );
     let b = Node::spawn("b", &redis.url(), prefix, 10, "");
-    let c = Node::spawn("c", &redis.url(), prefix, 10, "");
+    let c = Node::spawn(
+        "c",
+        &redis.url(),
+        prefix,
+        10,
+        &format!("[ingress]\nudp_bind = \"{udp_addr}\"\n"),
+    );
     for node in [&a, &b, &c] {
         node.wait_status("ok").await;
     }
@@ -85,6 +101,24 @@ async fn a_push_entering_any_node_reaches_every_node_once() {
     for client in [&mut home_a, &mut home_b, &mut list_c] {
         assert_eq!(client.recv_json().await, json!({"order_num": 1234}));
     }
+
+    // The text port on node a: uid 7 lives on b and c; `ok` counts the cluster.
+    let mut text = TextClient::connect(text_addr).await;
+    assert_eq!(text.push(r#"{"uid":"7","percent":"88%"}"#).await, "ok\n");
+    assert_eq!(
+        home_b.recv_json().await,
+        json!({"uid": "7", "percent": "88%"})
+    );
+    assert_eq!(
+        list_c.recv_json().await,
+        json!({"uid": "7", "percent": "88%"})
+    );
+    assert_eq!(text.push(r#"{"uid":"nobody"}"#).await, "fail\n");
+
+    // A UDP datagram into node c, to the home page on a and b.
+    udp_send(udp_addr, br#"{"page":"home","n":1}"#);
+    assert_eq!(home_a.recv_json().await, json!({"page": "home", "n": 1}));
+    assert_eq!(home_b.recv_json().await, json!({"page": "home", "n": 1}));
 
     // Exactly once: nothing further arrives anywhere.
     for client in [&mut home_a, &mut home_b, &mut list_c] {
