@@ -1,13 +1,15 @@
 //! This node's open connections, indexed by page and by uid, and the fan-out.
 //!
-//! The hub knows nothing of HTTP, WebSocket framing or Redis: it maps targets to
-//! outboxes. [`Hub::deliver`] takes a read lock, offers the shared payload to every
-//! matching outbox (a reference-count bump and a queue push each) and returns; it never
-//! waits for a client. Opens and closes take the write lock briefly.
+//! The hub knows nothing of HTTP or Redis: it maps targets to outboxes.
+//! [`Hub::deliver`] frames the payload once ([`frame`]), takes a read lock, offers the
+//! shared frame to every matching outbox (a reference-count bump and a queue push
+//! each) and returns; it never waits for a client. Opens and closes take the write
+//! lock briefly.
 //!
 //! `std::sync::RwLock` rather than tokio's: no guard is ever held across an `.await`,
 //! and fan-outs from several threads proceed in parallel under the read lock.
 
+pub mod frame;
 mod outbox;
 
 use std::collections::HashMap;
@@ -153,9 +155,10 @@ impl Hub {
 
     /// Offers `push` to every matching connection on this node, without waiting.
     pub fn deliver(&self, push: &Push) -> Delivery {
+        let frame = frame::text(&push.payload);
         let state = self.read();
         let mut delivery = Delivery::default();
-        let mut offer = |outbox: &Outbox| match outbox.offer(&push.payload) {
+        let mut offer = |outbox: &Outbox| match outbox.offer(&frame) {
             Offer::Queued => delivery.delivered += 1,
             Offer::Overflowed => delivery.slow_consumers += 1,
             Offer::Closed => {}
@@ -240,9 +243,9 @@ mod tests {
     }
 
     fn drained(outbox: &Outbox) -> Vec<String> {
-        let mut batch = Vec::new();
-        outbox.drain(&mut batch);
-        batch.iter().map(|b| b.to_string()).collect()
+        std::iter::from_fn(|| outbox.try_next())
+            .map(|f| String::from_utf8_lossy(frame::parse(&f).unwrap().1).into_owned())
+            .collect()
     }
 
     #[test]

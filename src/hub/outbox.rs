@@ -1,5 +1,10 @@
 //! One connection's outbound queue: bounded in bytes, filled by the fan-out without
-//! ever waiting, drained by the connection's own task in batches.
+//! ever waiting, drained by the connection's writer (its response body, polled by the
+//! HTTP dispatcher that owns the socket) as fast as the socket takes bytes.
+//!
+//! Frames are queued already encoded and shared ([`super::frame`]): an offer is a
+//! reference-count bump and a queue push. The writer takes every queued frame in one
+//! wake-up, so frames that piled up while the client was busy leave in one write.
 //!
 //! A `std::sync::Mutex` is right here: it guards a few pointer moves, is never held
 //! across an `.await`, and is contended only by one producer at a time against the
@@ -7,21 +12,44 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
-use bytestring::ByteString;
+use bytes::Bytes;
 use tokio::sync::Notify;
 
-/// Bookkeeping cost charged per queued frame on top of its payload, so that a flood
+use super::frame;
+
+/// Bookkeeping cost charged per queued frame on top of its bytes, so that a flood
 /// of empty frames is bounded too.
 const FRAME_OVERHEAD: usize = 64;
 
-/// Why the server is closing a connection; each maps to a WebSocket close code.
+/// Why the server closes a connection; each maps to a WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// The server is stopping (1001).
     Shutdown,
     /// The client did not keep up with its pushes (4008).
     SlowConsumer,
+    /// Nothing arrived from the client for `heartbeat.idle_timeout_secs` (4001).
+    IdleTimeout,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Shutdown => 1001,
+            CloseReason::SlowConsumer => 4008,
+            CloseReason::IdleTimeout => 4001,
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::IdleTimeout => "idle timeout",
+        }
+    }
 }
 
 /// Result of offering a frame to a connection.
@@ -34,17 +62,29 @@ pub enum Offer {
     Closed,
 }
 
+/// The close frame a closing connection sends after its queued frames.
+struct Closing {
+    code: u16,
+    frame: Bytes,
+    sent: bool,
+}
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<ByteString>,
+    frames: VecDeque<Bytes>,
     bytes: usize,
-    closing: Option<CloseReason>,
+    closing: Option<Closing>,
+    /// The writer, when it found nothing to send.
+    writer: Option<Waker>,
+    /// Frames the writer has taken so far; a stall shows as no progress.
+    taken: u64,
 }
 
 /// Outbound queue of one connection.
 pub struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
+    /// Wakes the connection's reader task when a close is requested.
+    closed: Notify,
     limit_bytes: usize,
 }
 
@@ -52,7 +92,7 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
+            closed: Notify::new(),
             limit_bytes,
         }
     }
@@ -65,8 +105,8 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `frame` without waiting. Never blocks on the client.
-    pub fn offer(&self, frame: &ByteString) -> Offer {
+    /// Queues an encoded `frame` without waiting. Never blocks on the client.
+    pub fn offer(&self, frame: &Bytes) -> Offer {
         let cost = frame.len() + FRAME_OVERHEAD;
         let mut state = self.lock();
         if state.closing.is_some() {
@@ -75,43 +115,114 @@ impl Outbox {
         if state.bytes + cost > self.limit_bytes {
             state.frames = VecDeque::new();
             state.bytes = 0;
-            state.closing = Some(CloseReason::SlowConsumer);
-            drop(state);
-            self.ready.notify_one();
+            self.start_closing(
+                state,
+                CloseReason::SlowConsumer.code(),
+                close_frame(CloseReason::SlowConsumer),
+            );
             return Offer::Overflowed;
         }
-        let was_empty = state.frames.is_empty();
         state.frames.push_back(frame.clone());
         state.bytes += cost;
+        let writer = state.writer.take();
         drop(state);
-        // Only the first frame of a batch needs to wake the writer.
-        if was_empty {
-            self.ready.notify_one();
+        if let Some(writer) = writer {
+            writer.wake();
         }
         Offer::Queued
     }
 
-    /// Asks the connection to close; frames already queued are still sent first.
+    /// Asks the connection to close with `reason`; frames already queued are sent
+    /// first. The first close requested wins.
     pub fn close(&self, reason: CloseReason) {
-        let mut state = self.lock();
+        self.close_with(reason.code(), close_frame(reason));
+    }
+
+    /// Like [`Outbox::close`] with any close `code` and the encoded close `frame`.
+    pub fn close_with(&self, code: u16, frame: Bytes) {
+        let state = self.lock();
         if state.closing.is_none() {
-            state.closing = Some(reason);
+            self.start_closing(state, code, frame);
         }
+    }
+
+    fn start_closing(&self, mut state: std::sync::MutexGuard<'_, State>, code: u16, frame: Bytes) {
+        state.closing = Some(Closing {
+            code,
+            frame,
+            sent: false,
+        });
+        let writer = state.writer.take();
         drop(state);
-        self.ready.notify_one();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        self.closed.notify_one();
     }
 
-    /// Resolves when there is something to drain or a close was requested.
-    pub async fn ready(&self) {
-        self.ready.notified().await
+    /// The close code once a close was requested.
+    pub fn closing(&self) -> Option<u16> {
+        self.lock().closing.as_ref().map(|c| c.code)
     }
 
-    /// Moves every queued frame into `batch` and reports a pending close.
-    pub fn drain(&self, batch: &mut Vec<ByteString>) -> Option<CloseReason> {
+    /// Resolves once a close was requested (for the task that reads the client).
+    pub async fn closed(&self) -> u16 {
+        loop {
+            if let Some(code) = self.closing() {
+                return code;
+            }
+            // `notify_one` leaves a permit when nobody waits, so a close between
+            // the check above and this await is not missed.
+            self.closed.notified().await;
+        }
+    }
+
+    /// The next frame to write: queued frames in order, then the close frame once
+    /// a close was requested; `None` after that.
+    pub fn try_next(&self) -> Option<Bytes> {
         let mut state = self.lock();
-        batch.extend(state.frames.drain(..));
-        state.bytes = 0;
-        state.closing
+        Self::next_locked(&mut state)
+    }
+
+    fn next_locked(state: &mut State) -> Option<Bytes> {
+        if let Some(frame) = state.frames.pop_front() {
+            state.bytes -= frame.len() + FRAME_OVERHEAD;
+            state.taken += 1;
+            return Some(frame);
+        }
+        match &mut state.closing {
+            Some(closing) if !closing.sent => {
+                closing.sent = true;
+                Some(closing.frame.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The writer's side: `Ready(Some(frame))` to write, `Ready(None)` when the
+    /// close frame has gone and the stream ends, `Pending` until there is more.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut state = self.lock();
+        if let Some(frame) = Self::next_locked(&mut state) {
+            return Poll::Ready(Some(frame));
+        }
+        if state.closing.is_some() {
+            return Poll::Ready(None);
+        }
+        match &state.writer {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.writer = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// True when frames wait and the writer took none since the previous call;
+    /// `mark` carries the writer's progress from one call to the next.
+    pub fn is_stalled(&self, mark: &mut u64) -> bool {
+        let state = self.lock();
+        let stalled = !state.frames.is_empty() && state.taken == *mark;
+        *mark = state.taken;
+        stalled
     }
 
     /// Bytes waiting, as charged against the limit.
@@ -120,35 +231,64 @@ impl Outbox {
     }
 }
 
+fn close_frame(reason: CloseReason) -> Bytes {
+    frame::close(reason.code(), reason.description())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn overflow_empties_the_queue_and_marks_slow() {
-        let outbox = Outbox::new(3 * (10 + FRAME_OVERHEAD));
-        let frame = ByteString::from("0123456789");
-        for _ in 0..3 {
-            assert_eq!(outbox.offer(&frame), Offer::Queued);
-        }
-        assert_eq!(outbox.offer(&frame), Offer::Overflowed);
-        assert_eq!(outbox.queued_bytes(), 0);
-        assert_eq!(outbox.offer(&frame), Offer::Closed);
-        let mut batch = Vec::new();
-        assert_eq!(outbox.drain(&mut batch), Some(CloseReason::SlowConsumer));
-        assert!(batch.is_empty());
+    fn texts(outbox: &Outbox) -> Vec<String> {
+        std::iter::from_fn(|| outbox.try_next())
+            .map(|f| {
+                let (_, payload) = frame::parse(&f).unwrap();
+                String::from_utf8_lossy(payload).into_owned()
+            })
+            .collect()
     }
 
     #[test]
-    fn drain_takes_everything_in_order() {
+    fn overflow_empties_the_queue_and_ends_with_4008() {
+        let one = frame::text("0123456789");
+        let outbox = Outbox::new(3 * (one.len() + FRAME_OVERHEAD));
+        for _ in 0..3 {
+            assert_eq!(outbox.offer(&one), Offer::Queued);
+        }
+        assert_eq!(outbox.offer(&one), Offer::Overflowed);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(outbox.offer(&one), Offer::Closed);
+        assert_eq!(outbox.closing(), Some(4008));
+        let close = outbox.try_next().unwrap();
+        assert_eq!(frame::parse(&close).unwrap().1[..2], 4008u16.to_be_bytes());
+        assert!(outbox.try_next().is_none());
+    }
+
+    #[test]
+    fn queued_frames_go_before_the_close_frame() {
         let outbox = Outbox::new(1 << 20);
         for i in 0..5 {
-            outbox.offer(&ByteString::from(i.to_string()));
+            outbox.offer(&frame::text(&i.to_string()));
         }
         outbox.close(CloseReason::Shutdown);
-        let mut batch = Vec::new();
-        assert_eq!(outbox.drain(&mut batch), Some(CloseReason::Shutdown));
-        let texts: Vec<&str> = batch.iter().map(|b| &**b).collect();
-        assert_eq!(texts, ["0", "1", "2", "3", "4"]);
+        outbox.close(CloseReason::IdleTimeout);
+        assert_eq!(outbox.closing(), Some(1001), "the first close wins");
+        let sent = texts(&outbox);
+        assert_eq!(sent[..5], ["0", "1", "2", "3", "4"]);
+        assert!(sent[5].ends_with("server shutting down"));
+        assert_eq!(sent.len(), 6);
+    }
+
+    #[test]
+    fn a_stall_is_waiting_frames_without_progress() {
+        let outbox = Outbox::new(1 << 20);
+        let mut mark = 0;
+        assert!(!outbox.is_stalled(&mut mark), "nothing waits");
+        outbox.offer(&frame::text("a"));
+        assert!(outbox.is_stalled(&mut mark));
+        outbox.offer(&frame::text("b"));
+        outbox.try_next();
+        assert!(!outbox.is_stalled(&mut mark), "the writer took one");
+        assert!(outbox.is_stalled(&mut mark));
     }
 }

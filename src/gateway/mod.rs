@@ -1,6 +1,9 @@
 //! One WebSocket connection: check the upgrade (origin, token, query), register the
-//! connection, then run a single task that multiplexes the client's frames, the
-//! connection's outbox, the ping timer and the idle deadline.
+//! connection, then serve it with two parts: the response body is the writer (see
+//! [`writer`]: it streams the connection's outbox to the socket), and one task reads
+//! the client's frames and runs the ping timer and the idle deadline. Everything the
+//! server sends — pushes, pongs, pings, the close frame — goes through the outbox,
+//! in order.
 //!
 //! Close codes the server sends:
 //!
@@ -18,29 +21,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
-use bytestring::ByteString;
+use actix_ws::{AggregatedMessage, ProtocolError};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 
 use crate::app::AppState;
 use crate::auth::{Refusal, Role};
 use crate::config::WsPublish;
 use crate::error::ApiError;
-use crate::hub::{CloseReason as ServerClose, ConnId, ConnMeta, Outbox};
+use crate::hub::{CloseReason, ConnId, ConnMeta, Outbox, frame};
 use crate::push::{Ingress, route_json_line};
+
+mod writer;
 
 /// Longest page, uid or session name accepted.
 const MAX_NAME_LEN: usize = 128;
 /// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
 const MAX_BOUND_UID_LEN: usize = 64;
-const PONG: &str = r#"{"type":"pong"}"#;
-/// How long a close frame may wait for room in the send channel.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// `{"type":"pong"}` as a text frame, the answer to the seed client's heartbeat.
+const PONG: Bytes = Bytes::from_static(b"\x81\x0f{\"type\":\"pong\"}");
 
-const IDLE_TIMEOUT: u16 = 4001;
-const SLOW_CONSUMER: u16 = 4008;
+const NORMAL: u16 = 1000;
+const INVALID: u16 = 1007;
+const TOO_BIG: u16 = 1009;
 
 /// What the connect URL may carry.
 #[derive(Debug, Default, Deserialize)]
@@ -125,7 +130,9 @@ pub async fn upgrade(
         connected_at: unix_now(),
     };
 
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+    // The handshake and the reading side come from actix-ws; its `Session` is not
+    // used: everything sent goes through the outbox and the response body.
+    let (response, _session, stream) = actix_ws::handle(&req, body).map_err(|e| {
         reject(
             "handshake",
             ApiError::bad_request(format!("websocket handshake failed: {e}")),
@@ -146,13 +153,16 @@ pub async fn upgrade(
         meta.uid
     );
 
+    let writer = outbox.clone();
+    let response = response
+        .map_body(|_, handshake_body| writer::Writer::new(writer, handshake_body))
+        .map_into_boxed_body();
     let connection = Connection {
         id,
         role,
         uid_bound: meta.uid.is_some(),
         state: state.into_inner(),
         outbox,
-        session,
     };
     actix_web::rt::spawn(connection.run(stream));
     Ok(response)
@@ -173,7 +183,6 @@ struct Connection {
     uid_bound: bool,
     state: Arc<AppState>,
     outbox: Arc<Outbox>,
-    session: Session,
 }
 
 impl Connection {
@@ -191,7 +200,6 @@ impl Connection {
         let heartbeat = &self.state.settings.heartbeat;
         let ping_every = Duration::from_secs(heartbeat.interval_secs);
         let idle_after = Duration::from_secs(heartbeat.idle_timeout_secs);
-        let send_timeout = Duration::from_secs(self.state.settings.server.send_timeout_secs);
 
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_seen = Instant::now();
@@ -200,35 +208,13 @@ impl Connection {
         let idle = sleep_until(last_seen + idle_after);
         tokio::pin!(idle);
         let mut first_text = true;
-        let mut batch: Vec<ByteString> = Vec::new();
+        let mut progress = 0;
 
         loop {
             tokio::select! {
                 biased;
 
-                () = self.outbox.ready() => {
-                    let closing = self.outbox.drain(&mut batch);
-                    for frame in batch.drain(..) {
-                        match timeout(send_timeout, self.session.text(frame)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return Ended::Disconnected,
-                            Err(_) => {
-                                self.state.metrics.slow_consumers.inc();
-                                log::warn!("conn {} closed: client stopped reading", self.id);
-                                return Ended::ServerClosed(SLOW_CONSUMER);
-                            }
-                        }
-                    }
-                    match closing {
-                        Some(ServerClose::Shutdown) => {
-                            return self.close(CloseCode::Away, "server shutting down").await;
-                        }
-                        Some(ServerClose::SlowConsumer) => {
-                            return self.close(CloseCode::Other(SLOW_CONSUMER), "slow consumer").await;
-                        }
-                        None => {}
-                    }
-                }
+                code = self.outbox.closed() => return Ended::ServerClosed(code),
 
                 message = stream.next() => {
                     last_seen = Instant::now();
@@ -237,7 +223,7 @@ impl Connection {
                         Some(Err(ProtocolError::Overflow)) => {
                             self.state.metrics.rejected("too_big");
                             log::info!("conn {} closed: message over server.max_message_bytes", self.id);
-                            return self.close(CloseCode::Size, "message too big").await;
+                            return self.close(TOO_BIG, "message too big");
                         }
                         // Every other error is a broken connection: same clean-up.
                         Some(Err(e)) => {
@@ -251,25 +237,29 @@ impl Connection {
                             }
                         }
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            if self.session.pong(&bytes).await.is_err() {
-                                return Ended::Disconnected;
-                            }
+                            self.outbox.offer(&frame::pong(&bytes));
                         }
                         Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {}
                         Some(Ok(AggregatedMessage::Close(reason))) => {
-                            let session = self.session.clone();
-                            let _ = timeout(CLOSE_TIMEOUT, session.close(reason)).await;
+                            let (code, description) = reason.map_or((NORMAL, String::new()), |r| {
+                                (r.code.into(), r.description.unwrap_or_default())
+                            });
+                            self.outbox.close_with(code, frame::close(code, &description));
                             return Ended::ClientClosed;
                         }
                     }
                 }
 
                 _ = ping.tick() => {
-                    match timeout(send_timeout, self.session.ping(b"")).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Ended::Disconnected,
-                        Err(_) => return Ended::ServerClosed(SLOW_CONSUMER),
+                    // Frames waited a whole ping interval and none left: the client
+                    // stopped reading.
+                    if self.outbox.is_stalled(&mut progress) {
+                        self.state.metrics.slow_consumers.inc();
+                        log::warn!("conn {} closed: client stopped reading", self.id);
+                        self.outbox.close(CloseReason::SlowConsumer);
+                        return Ended::ServerClosed(CloseReason::SlowConsumer.code());
                     }
+                    self.outbox.offer(&frame::PING);
                 }
 
                 () = &mut idle => {
@@ -278,7 +268,8 @@ impl Connection {
                         idle.as_mut().reset(deadline);
                     } else {
                         log::info!("conn {} closed: idle for {}s", self.id, idle_after.as_secs());
-                        return self.close(CloseCode::Other(IDLE_TIMEOUT), "idle timeout").await;
+                        self.outbox.close(CloseReason::IdleTimeout);
+                        return Ended::ServerClosed(CloseReason::IdleTimeout.code());
                     }
                 }
             }
@@ -288,10 +279,8 @@ impl Connection {
     /// Handles one text frame; `Some` ends the connection.
     async fn on_text(&mut self, text: &str, first: bool) -> Option<Ended> {
         if text == "heartbeat" || is_ping(text) {
-            return match self.session.text(PONG).await {
-                Ok(()) => None,
-                Err(_) => Some(Ended::Disconnected),
-            };
+            self.outbox.offer(&PONG);
+            return None;
         }
         if self.may_publish() && text.starts_with('{') {
             return match route_json_line(text, None) {
@@ -302,8 +291,7 @@ impl Connection {
                 Err(e) => {
                     self.state.metrics.rejected("publisher_frame");
                     log::warn!("conn {} publisher frame refused: {e}", self.id);
-                    let reason = format!("not routable: {e}");
-                    Some(self.close(CloseCode::Invalid, &reason).await)
+                    Some(self.close(INVALID, &format!("not routable: {e}")))
                 }
             };
         }
@@ -327,13 +315,11 @@ impl Connection {
         }
     }
 
-    async fn close(&self, code: CloseCode, description: &str) -> Ended {
-        let reason = CloseReason {
-            code,
-            description: Some(truncate(description, 120).to_string()),
-        };
-        let _ = timeout(CLOSE_TIMEOUT, self.session.clone().close(Some(reason))).await;
-        Ended::ServerClosed(code.into())
+    /// Queues the close frame (after whatever is queued) and ends the reading side.
+    fn close(&self, code: u16, description: &str) -> Ended {
+        self.outbox
+            .close_with(code, frame::close(code, description));
+        Ended::ServerClosed(code)
     }
 }
 
@@ -356,17 +342,6 @@ fn is_plain_id(text: &str) -> bool {
         && text != "heartbeat"
         && !text.starts_with(['{', '[', '"'])
         && !text.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -392,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("ééé", 3), "é");
+    fn pong_is_the_text_frame_of_the_seed_reply() {
+        assert_eq!(frame::text(r#"{"type":"pong"}"#), PONG);
     }
 }

@@ -1,0 +1,106 @@
+//! WebSocket frames exactly as the server puts them on the wire (RFC 6455 §5.2: one
+//! final frame, no mask). A push is framed once here, before the fan-out, so every
+//! connection's queue holds a reference to the same bytes and the writer only copies
+//! them into the socket buffer.
+//!
+//! This is the one piece of WebSocket knowledge in the hub; the handshake and the
+//! client's frames are the gateway's business.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+const FIN: u8 = 0x80;
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Control frames carry at most 125 bytes (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// An empty ping, the server's heartbeat.
+pub const PING: Bytes = Bytes::from_static(&[FIN | OP_PING, 0]);
+
+/// A text frame carrying `text`.
+pub fn text(text: &str) -> Bytes {
+    encode(OP_TEXT, text.as_bytes())
+}
+
+/// A pong answering a ping whose payload was `payload` (cut to 125 bytes).
+pub fn pong(payload: &[u8]) -> Bytes {
+    encode(OP_PONG, &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)])
+}
+
+/// A close frame with `code` and a reason cut to fit a control frame (123 bytes,
+/// at a character boundary).
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OP_CLOSE, &payload)
+}
+
+fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut frame = BytesMut::with_capacity(10 + len);
+    frame.put_u8(FIN | opcode);
+    if len < 126 {
+        frame.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        frame.put_u8(126);
+        frame.put_u16(len);
+    } else {
+        frame.put_u8(127);
+        frame.put_u64(len as u64);
+    }
+    frame.extend_from_slice(payload);
+    frame.freeze()
+}
+
+/// The opcode and payload of one frame made here (tests and benches read frames back).
+pub fn parse(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let opcode = frame.first()? & 0x0f;
+    let (len, header) = match frame.get(1)? & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])),
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = frame.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(bytes)).ok()?, 10)
+        }
+        n => (usize::from(n), 2),
+    };
+    Some((opcode, frame.get(header..header + len)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_use_the_shortest_header() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let payload = "x".repeat(len);
+            let frame = text(&payload);
+            assert_eq!(frame.len(), header + len, "payload of {len}");
+            assert_eq!(frame[0], 0x81);
+            assert_eq!(parse(&frame), Some((OP_TEXT, payload.as_bytes())));
+        }
+    }
+
+    #[test]
+    fn control_frames_fit_in_125_bytes() {
+        let frame = close(4008, &"é".repeat(100));
+        let (opcode, payload) = parse(&frame).unwrap();
+        assert_eq!(opcode, OP_CLOSE);
+        assert!(payload.len() <= 125);
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4008);
+        assert!(std::str::from_utf8(&payload[2..]).is_ok());
+        assert_eq!(parse(&pong(&[7; 300])).unwrap().1.len(), 125);
+        assert_eq!(parse(&PING), Some((OP_PING, &[][..])));
+    }
+}
