@@ -1,13 +1,15 @@
 //! Cross-node delivery. Every ingress hands its [`Push`] to the bus; the bus makes
 //! sure each node's hub delivers it exactly once.
 //!
-//! Embedded mode is a direct call into this node's hub; redis mode publishes on a
-//! channel every node subscribes to (see [`redis`]).
+//! Embedded mode queues the push for this node's fan-out task (see [`fanout`]); redis
+//! mode publishes on a channel every node subscribes to (see [`redis`]).
 
+mod fanout;
 mod redis;
 
 use std::sync::Arc;
 
+pub use self::fanout::Fanout;
 pub use self::redis::RedisBus;
 
 use crate::hub::{Delivery, Hub};
@@ -26,22 +28,29 @@ pub struct Published {
 /// Handle to the bus.
 #[derive(Clone)]
 pub enum Bus {
-    Embedded { hub: Hub, metrics: Arc<Metrics> },
+    Embedded { hub: Hub, fanout: Fanout },
     Redis(RedisBus),
 }
 
 impl Bus {
+    /// Starts the fan-out task on the current runtime.
     pub fn embedded(hub: Hub, metrics: Arc<Metrics>) -> Self {
-        Bus::Embedded { hub, metrics }
+        let fanout = Fanout::start(hub.clone(), metrics);
+        Bus::Embedded { hub, fanout }
     }
 
     /// Sends `push` to every matching connection of the server.
     pub async fn publish(&self, push: Push) -> Published {
         match self {
-            Bus::Embedded { hub, metrics } => Published {
-                delivered: deliver_local(hub, metrics, &push).delivered,
-                cluster_wide: true,
-            },
+            Bus::Embedded { hub, fanout } => {
+                // Counted when published, as in redis mode; the frames follow.
+                let matched = hub.count(&push.target);
+                let queued = fanout.push(push).await;
+                Published {
+                    delivered: if queued { matched } else { 0 },
+                    cluster_wide: true,
+                }
+            }
             Bus::Redis(bus) => bus.publish(push).await,
         }
     }
