@@ -11,12 +11,14 @@
 
 pub mod frame;
 mod outbox;
+mod wake;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use outbox::{CloseReason, Offer, Outbox};
+pub use wake::WakeBatch;
 
 use crate::push::{Push, Target};
 

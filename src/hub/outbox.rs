@@ -11,13 +11,14 @@
 //! one consumer.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::frame;
+use super::wake::WakeBatch;
 
 /// Bookkeeping cost charged per queued frame on top of its bytes, so that a flood
 /// of empty frames is bounded too.
@@ -85,6 +86,8 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the connection's reader task when a close is requested.
     closed: Notify,
+    /// Where the writer is woken from, when it lives on another thread's batch.
+    wake_batch: OnceLock<Arc<WakeBatch>>,
     limit_bytes: usize,
 }
 
@@ -93,7 +96,20 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             closed: Notify::new(),
+            wake_batch: OnceLock::new(),
             limit_bytes,
+        }
+    }
+
+    /// Wakes the writer through `batch` (its thread's flusher) from now on.
+    pub fn wake_writer_through(&self, batch: Arc<WakeBatch>) {
+        let _ = self.wake_batch.set(batch);
+    }
+
+    fn wake_writer(&self, writer: Waker) {
+        match self.wake_batch.get() {
+            Some(batch) => batch.defer(writer),
+            None => writer.wake(),
         }
     }
 
@@ -127,7 +143,7 @@ impl Outbox {
         let writer = state.writer.take();
         drop(state);
         if let Some(writer) = writer {
-            writer.wake();
+            self.wake_writer(writer);
         }
         Offer::Queued
     }
@@ -155,7 +171,7 @@ impl Outbox {
         let writer = state.writer.take();
         drop(state);
         if let Some(writer) = writer {
-            writer.wake();
+            self.wake_writer(writer);
         }
         self.closed.notify_one();
     }
