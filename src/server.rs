@@ -17,7 +17,7 @@ use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::scenes::SceneTable;
-use crate::{ingress, ops};
+use crate::{gateway, ingress, ops};
 
 /// A dead peer that stopped acknowledging our writes is dropped by the kernel after
 /// this long, even if we are not reading from it.
@@ -136,6 +136,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         scenes,
         metrics,
     });
+
+    background.push(tokio::spawn(gateway::heartbeat::run(
+        state.hub.clone(),
+        settings.clone(),
+        state.metrics.clone(),
+    )));
 
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),

@@ -1,9 +1,9 @@
 //! One WebSocket connection: check the upgrade (origin, token, query), register the
 //! connection, then serve it with two parts: the response body is the writer (see
 //! [`writer`]: it streams the connection's outbox to the socket), and one task reads
-//! the client's frames and runs the ping timer and the idle deadline. Everything the
-//! server sends — pushes, pongs, pings, the close frame — goes through the outbox,
-//! in order.
+//! the client's frames. Pings and timeouts come from the node's [`heartbeat`].
+//! Everything the server sends — pushes, pongs, pings, the close frame — goes
+//! through the outbox, in order.
 //!
 //! Close codes the server sends:
 //!
@@ -17,7 +17,7 @@
 //! | 4008 | slow consumer: the send queue overflowed               |
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -25,15 +25,15 @@ use actix_ws::{AggregatedMessage, ProtocolError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::time::{Instant, sleep_until};
 
 use crate::app::AppState;
 use crate::auth::{Refusal, Role};
 use crate::config::WsPublish;
 use crate::error::ApiError;
-use crate::hub::{CloseReason, ConnId, ConnMeta, Outbox, frame};
+use crate::hub::{ConnId, ConnMeta, Outbox, frame};
 use crate::push::{Ingress, route_json_line};
 
+pub mod heartbeat;
 mod writer;
 
 /// Longest page, uid or session name accepted.
@@ -197,80 +197,46 @@ impl Connection {
     }
 
     async fn serve(&mut self, stream: &mut actix_ws::AggregatedMessageStream) -> Ended {
-        let heartbeat = &self.state.settings.heartbeat;
-        let ping_every = Duration::from_secs(heartbeat.interval_secs);
-        let idle_after = Duration::from_secs(heartbeat.idle_timeout_secs);
-
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let mut last_seen = Instant::now();
-        // Re-armed only when it fires, not on every frame: resetting a timer per
-        // frame costs more than checking `last_seen` when it wakes.
-        let idle = sleep_until(last_seen + idle_after);
-        tokio::pin!(idle);
         let mut first_text = true;
-        let mut progress = 0;
-
         loop {
-            tokio::select! {
+            let message = tokio::select! {
                 biased;
-
                 code = self.outbox.closed() => return Ended::ServerClosed(code),
-
-                message = stream.next() => {
-                    last_seen = Instant::now();
-                    match message {
-                        None => return Ended::Disconnected,
-                        Some(Err(ProtocolError::Overflow)) => {
-                            self.state.metrics.rejected("too_big");
-                            log::info!("conn {} closed: message over server.max_message_bytes", self.id);
-                            return self.close(TOO_BIG, "message too big");
-                        }
-                        // Every other error is a broken connection: same clean-up.
-                        Some(Err(e)) => {
-                            log::debug!("conn {} read error: {e}", self.id);
-                            return Ended::Disconnected;
-                        }
-                        Some(Ok(AggregatedMessage::Text(text))) => {
-                            let first = std::mem::take(&mut first_text);
-                            if let Some(ended) = self.on_text(&text, first).await {
-                                return ended;
-                            }
-                        }
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            self.outbox.offer(&frame::pong(&bytes));
-                        }
-                        Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {}
-                        Some(Ok(AggregatedMessage::Close(reason))) => {
-                            let (code, description) = reason.map_or((NORMAL, String::new()), |r| {
-                                (r.code.into(), r.description.unwrap_or_default())
-                            });
-                            self.outbox.close_with(code, frame::close(code, &description));
-                            return Ended::ClientClosed;
-                        }
+                message = stream.next() => message,
+            };
+            self.outbox.touch();
+            match message {
+                None => return Ended::Disconnected,
+                Some(Err(ProtocolError::Overflow)) => {
+                    self.state.metrics.rejected("too_big");
+                    log::info!(
+                        "conn {} closed: message over server.max_message_bytes",
+                        self.id
+                    );
+                    return self.close(TOO_BIG, "message too big");
+                }
+                // Every other error is a broken connection: same clean-up.
+                Some(Err(e)) => {
+                    log::debug!("conn {} read error: {e}", self.id);
+                    return Ended::Disconnected;
+                }
+                Some(Ok(AggregatedMessage::Text(text))) => {
+                    let first = std::mem::take(&mut first_text);
+                    if let Some(ended) = self.on_text(&text, first).await {
+                        return ended;
                     }
                 }
-
-                _ = ping.tick() => {
-                    // Frames waited a whole ping interval and none left: the client
-                    // stopped reading.
-                    if self.outbox.is_stalled(&mut progress) {
-                        self.state.metrics.slow_consumers.inc();
-                        log::warn!("conn {} closed: client stopped reading", self.id);
-                        self.outbox.close(CloseReason::SlowConsumer);
-                        return Ended::ServerClosed(CloseReason::SlowConsumer.code());
-                    }
-                    self.outbox.offer(&frame::PING);
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    self.outbox.offer(&frame::pong(&bytes));
                 }
-
-                () = &mut idle => {
-                    let deadline = last_seen + idle_after;
-                    if deadline > Instant::now() {
-                        idle.as_mut().reset(deadline);
-                    } else {
-                        log::info!("conn {} closed: idle for {}s", self.id, idle_after.as_secs());
-                        self.outbox.close(CloseReason::IdleTimeout);
-                        return Ended::ServerClosed(CloseReason::IdleTimeout.code());
-                    }
+                Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {}
+                Some(Ok(AggregatedMessage::Close(reason))) => {
+                    let (code, description) = reason.map_or((NORMAL, String::new()), |r| {
+                        (r.code.into(), r.description.unwrap_or_default())
+                    });
+                    self.outbox
+                        .close_with(code, frame::close(code, &description));
+                    return Ended::ClientClosed;
                 }
             }
         }
@@ -285,7 +251,9 @@ impl Connection {
         if self.may_publish() && text.starts_with('{') {
             return match route_json_line(text, None) {
                 Ok(push) => {
-                    self.state.publish(push, Ingress::Publisher).await;
+                    // Boxed: publishing (in redis mode a Redis round trip) is rare on
+                    // a connection and would otherwise size every connection's task.
+                    Box::pin(self.state.publish(push, Ingress::Publisher)).await;
                     None
                 }
                 Err(e) => {

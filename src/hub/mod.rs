@@ -222,6 +222,15 @@ impl Hub {
             .collect()
     }
 
+    /// Runs `f` on every open connection's outbox, under the read lock (keep `f`
+    /// short: opens and closes wait meanwhile).
+    pub fn for_each_outbox(&self, mut f: impl FnMut(ConnId, &Outbox)) {
+        let state = self.read();
+        for (id, conn) in &state.conns {
+            f(*id, &conn.outbox);
+        }
+    }
+
     /// Asks every connection to close (graceful stop).
     pub fn close_all(&self, reason: CloseReason) {
         let state = self.read();

@@ -11,8 +11,10 @@
 //! one consumer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -23,6 +25,14 @@ use super::wake::WakeBatch;
 /// Bookkeeping cost charged per queued frame on top of its bytes, so that a flood
 /// of empty frames is bounded too.
 const FRAME_OVERHEAD: usize = 64;
+
+/// Whole seconds since the first call: the coarse clock of `last_seen`, small enough
+/// for an atomic and plenty for timeouts counted in seconds.
+fn now_secs() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let secs = EPOCH.get_or_init(Instant::now).elapsed().as_secs();
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
 
 /// Why the server closes a connection; each maps to a WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +89,10 @@ struct State {
     writer: Option<Waker>,
     /// Frames the writer has taken so far; a stall shows as no progress.
     taken: u64,
+    /// `taken` at the previous [`Outbox::stalled_checks`], and how many checks in a
+    /// row found frames waiting and no progress.
+    taken_at_check: u64,
+    stalled_checks: u32,
 }
 
 /// Outbound queue of one connection.
@@ -88,6 +102,8 @@ pub struct Outbox {
     closed: Notify,
     /// Where the writer is woken from, when it lives on another thread's batch.
     wake_batch: OnceLock<Arc<WakeBatch>>,
+    /// When something last arrived from the client ([`now_secs`]).
+    last_seen: AtomicU32,
     limit_bytes: usize,
 }
 
@@ -97,6 +113,7 @@ impl Outbox {
             state: Mutex::new(State::default()),
             closed: Notify::new(),
             wake_batch: OnceLock::new(),
+            last_seen: AtomicU32::new(now_secs()),
             limit_bytes,
         }
     }
@@ -232,13 +249,27 @@ impl Outbox {
         Poll::Pending
     }
 
-    /// True when frames wait and the writer took none since the previous call;
-    /// `mark` carries the writer's progress from one call to the next.
-    pub fn is_stalled(&self, mark: &mut u64) -> bool {
-        let state = self.lock();
-        let stalled = !state.frames.is_empty() && state.taken == *mark;
-        *mark = state.taken;
-        stalled
+    /// Records that something arrived from the client.
+    pub fn touch(&self) {
+        self.last_seen.store(now_secs(), Ordering::Relaxed);
+    }
+
+    /// Whole seconds since something last arrived from the client.
+    pub fn idle_secs(&self) -> u32 {
+        now_secs().saturating_sub(self.last_seen.load(Ordering::Relaxed))
+    }
+
+    /// Called at a steady pace by the heartbeat: how many calls in a row found
+    /// frames waiting while the writer took none (the client stopped reading).
+    pub fn stalled_checks(&self) -> u32 {
+        let mut state = self.lock();
+        if state.frames.is_empty() || state.taken != state.taken_at_check {
+            state.stalled_checks = 0;
+        } else {
+            state.stalled_checks += 1;
+        }
+        state.taken_at_check = state.taken;
+        state.stalled_checks
     }
 
     /// Bytes waiting, as charged against the limit.
@@ -298,13 +329,13 @@ mod tests {
     #[test]
     fn a_stall_is_waiting_frames_without_progress() {
         let outbox = Outbox::new(1 << 20);
-        let mut mark = 0;
-        assert!(!outbox.is_stalled(&mut mark), "nothing waits");
+        assert_eq!(outbox.stalled_checks(), 0, "nothing waits");
         outbox.offer(&frame::text("a"));
-        assert!(outbox.is_stalled(&mut mark));
+        assert_eq!(outbox.stalled_checks(), 1);
+        assert_eq!(outbox.stalled_checks(), 2);
         outbox.offer(&frame::text("b"));
         outbox.try_next();
-        assert!(!outbox.is_stalled(&mut mark), "the writer took one");
-        assert!(outbox.is_stalled(&mut mark));
+        assert_eq!(outbox.stalled_checks(), 0, "the writer took one");
+        assert_eq!(outbox.stalled_checks(), 1);
     }
 }
