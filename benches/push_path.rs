@@ -1,0 +1,95 @@
+//! The push path without sockets: rendering a scene, framing a payload, and one
+//! fan-out to 10k in-memory connections. `cargo bench`; end-to-end figures with real
+//! sockets come from `bench/run.sh`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use scenecast::config::SceneConfig;
+use scenecast::hub::{ConnMeta, Hub, Outbox, frame};
+use scenecast::push::{Push, Target};
+use scenecast::scenes::{Params, SceneTable};
+
+const CONNECTIONS: usize = 10_000;
+
+fn meta(page: &str) -> ConnMeta {
+    ConnMeta {
+        page: Some(Arc::from(page)),
+        uid: None,
+        session: None,
+        connected_at: 0,
+    }
+}
+
+/// A 10k fan-out: the time to queue one frame in every matching outbox (the
+/// writers' draining is done outside the measured time).
+fn fan_out(c: &mut Criterion) {
+    let hub = Hub::new(1 << 20);
+    let outboxes: Vec<Arc<Outbox>> = (0..CONNECTIONS)
+        .map(|i| hub.open(meta(if i % 2 == 0 { "home" } else { "list" })).1)
+        .collect();
+    let payload = r#"{"code":200,"message":"后端按了按钮1","seq":"12345","t_ns":"123456789012"}"#;
+    let mut group = c.benchmark_group("hub_fan_out");
+    for (name, target, matched) in [
+        ("all_10k", Target::All, CONNECTIONS),
+        ("page_5k", Target::Page("home".into()), CONNECTIONS / 2),
+    ] {
+        let push = Push::new(target, payload);
+        group.throughput(Throughput::Elements(matched as u64));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let mut measured = Duration::ZERO;
+                for _ in 0..iterations {
+                    let start = Instant::now();
+                    let delivery = hub.deliver(black_box(&push));
+                    measured += start.elapsed();
+                    assert_eq!(delivery.delivered, matched);
+                    for outbox in &outboxes {
+                        while outbox.try_next().is_some() {}
+                    }
+                }
+                measured
+            })
+        });
+    }
+    group.finish();
+}
+
+fn framing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame_text");
+    for len in [100, 4 * 1024, 64 * 1024] {
+        let payload = "x".repeat(len);
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(len), &payload, |b, p| {
+            b.iter(|| frame::text(black_box(p)))
+        });
+    }
+    group.finish();
+}
+
+fn scene_rendering(c: &mut Criterion) {
+    let configs = [SceneConfig {
+        func: "pushHomeLogic".into(),
+        page: Some("{page}".into()),
+        uid: None,
+        all: false,
+        message: serde_json::json!({
+            "code": 200, "message": "order {order} by {who}", "seq": "{seq}", "t_ns": "{t_ns}"
+        }),
+    }];
+    let table = SceneTable::compile(&configs).expect("bench scene compiles");
+    let scene = table.get("pushHomeLogic").expect("scene");
+    let query = "func=pushHomeLogic&token=t&page=home&order=1234&who=A%22B&seq=42&t_ns=123456789";
+    c.bench_function("scene_render", |b| {
+        b.iter(|| {
+            let pairs: Vec<(String, String)> =
+                serde_urlencoded::from_str(black_box(query)).expect("query");
+            scene.render(&Params::from_pairs(pairs)).expect("renders")
+        })
+    });
+}
+
+criterion_group!(benches, fan_out, framing, scene_rendering);
+criterion_main!(benches);
