@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Turns bench/run.sh's raw wsfan summaries (.jsonl) into the Markdown report: the
+# machine, then per scenario the median of each figure over the runs, scenecast
+# beside the Node peer measured in the same session.
+#   bench/report.sh RAW.jsonl SCENECAST_BIN > report.md
+set -euo pipefail
+RAW=$1
+BIN=${2:-scenecast}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+# Medians per (scenario, server); "us_frame" is server CPU time in the push phase
+# divided by the frames delivered; "lost" is the worst run, not the median.
+MEDIANS=$(jq -s '
+  def med: map(select(. != null)) | sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def r1: if . == null then null else (. * 10 | round) / 10 end;
+  map(select(.clients != null))
+  | map(. + {
+      us_frame: (if (.received // 0) > 0 and .server_cpu_pct_push != null
+                 then .server_cpu_pct_push / 100 * .push_s / (.received + (.unmatched // 0)) * 1e6 else null end),
+      rss_growth_mb: (if .server_rss_kb_end != null then (.server_rss_kb_end - .server_rss_kb_connected) / 1024 else null end)})
+  | group_by([.scenario, .server])
+  | map({scenario: .[0].scenario, server: .[0].server, runs: length,
+      clients: (map(.connected) | med), lost: (map(.lost) | max), extra: (map(.extra) | max),
+      rss_conn: (map(.server_bytes_per_conn) | med | r1), us_frame: (map(.us_frame) | med | r1),
+      p50: (map(.lat_ms_p50) | med | r1), p99: (map(.lat_ms_p99) | med | r1),
+      dps: (map(.deliveries_per_s) | med | if . == null then null else round end), ack: (map(.trigger_ack_ms_p50) | med | r1),
+      srv_cpu: (map(.server_cpu_pct_push) | med), gen_cpu: (map(.gen_cpu_pct_push) | med),
+      gen_cpu_connect: (map(.gen_cpu_pct_connect) | med), other: (map(.others_cpu_pct_push) | med),
+      rss_growth_mb: (map(.rss_growth_mb) | med | r1), unmatched: (map(.unmatched) | med)})' "$RAW")
+EXTRAS=$(jq -s 'map(select(.clients == null))' "$RAW")
+
+get() { # scenario server field
+  jq -r --arg s "$1" --arg k "$2" --arg f "$3" \
+    'map(select(.scenario == $s and .server == $k)) | .[0][$f] // "–" | tostring' <<<"$MEDIANS"
+}
+ratio() { # a b -> a/b with 2 decimals, or –
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "–" }'
+}
+row() { # label scenario field [unit]
+  local s n
+  s=$(get "$2" scenecast "$3"); n=$(get "$2" node "$3")
+  echo "| $1 | $s | $n | $(ratio "$s" "$n") |"
+}
+
+cat <<EOF
+# scenecast load benchmark — $(date +%F)
+
+Produced by \`bench/run.sh\` (wsfan load generator and Node + ws peer from
+\`../shared/tools\`), $(jq -s 'map(.run) | max' "$RAW") run(s) per case, medians shown; \`lost\` is the worst run.
+
+## Machine
+
+- $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(awk '/MemTotal/ {printf "%.0f GB RAM", $2/1024/1024}' /proc/meminfo); kernel $(uname -r)
+- file-descriptor hard limit $(ulimit -Hn); load generator, server and Node peer on the same machine (loopback)
+- scenecast $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?") ($BIN); $(node --version 2>/dev/null | sed 's/^/Node /' || echo "no Node")
+
+## Headline: scenecast vs the Node peer, same session
+
+| figure | scenecast | Node + ws | scenecast / Node |
+|---|---|---|---|
+$(row "RSS per idle connection, 10k (bytes)" idle rss_conn)
+$(row "server CPU per frame, 10k × 200 HTTP pushes 5 ms apart (µs)" fanout us_frame)
+$(row "deliveries/s, same run" fanout dps)
+$(row "latency p50, same run (ms)" fanout p50)
+$(row "latency p99, same run (ms)" fanout p99)
+$(row "lost, same run" fanout lost)
+$(row "latency p50, 10k × 40 HTTP pushes 250 ms apart (ms)" latency p50)
+$(row "latency p99, same run (ms)" latency p99)
+$(row "server CPU per frame, same run (µs)" latency us_frame)
+$(row "lost, same run" latency lost)
+$(row "latency p99, 1k × 200 pushes 5 ms apart (ms)" small p99)
+$(row "server CPU per frame, same run (µs)" small us_frame)
+$(row "clients connected of 19,900" max clients)
+$(row "lost, 19.9k × 40 pushes 250 ms apart" max lost)
+$(row "latency p99, same run (ms)" max p99)
+$(row "RSS per connection at 19.9k (bytes)" max rss_conn)
+$(row "text port: server CPU per frame, 10k × 200 pushes 5 ms apart (µs)" text-fanout us_frame)
+$(row "text port: latency p99, 10k × 40 pushes 250 ms apart (ms)" text-latency p99)
+$(row "slow readers: bystanders' p99 without stalled clients (ms)" slow-0 p99)
+$(row "slow readers: bystanders' p99 with 20 stalled clients (ms)" slow-20 p99)
+$(row "slow readers: server RSS growth with 20 stalled (MB)" slow-20 rss_growth_mb)
+
+## Every case (medians)
+
+| case | server | clients | lost | RSS/conn B | CPU/frame µs | p50 ms | p99 ms | deliveries/s | ack p50 ms | server CPU % | generator CPU % | other load % |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+$(jq -r '.[] | "| \(.scenario) | \(.server) | \(.clients) | \(.lost) | \(.rss_conn) | \(.us_frame) | \(.p50) | \(.p99) | \(.dps) | \(.ack) | \(.srv_cpu) | \(.gen_cpu) | \(.other) |"' <<<"$MEDIANS")
+
+CPU % is of one core, measured over the push phase; "generator" is wsfan itself, which
+shares the 2 cores with the server, "other load" the rest of the machine.
+
+## Slow readers and cluster extras
+
+$(jq -r '.[] | "- " + (to_entries | map("\(.key)=\(.value)") | join(", "))' <<<"$EXTRAS")
+
+In \`slow-20\` the 20 stalled clients are closed by scenecast with 4008 once the kernel's
+send buffer (~4 MB per socket, autotuned) and then their send queue (128 KiB) are
+full or nothing moved for 2 s: \`slow_consumers_closed\` is
+\`scenecast_slow_consumers_closed_total\` after the run. The Node peer keeps every
+stalled socket and everything pushed to it since. Cluster cases: \`-a\` is the generator whose
+5k clients sit on the node that receives the triggers, \`-b\` the one on the other node
+(every one of its frames crossed Redis); in embedded mode both sit on one node.
+EOF
