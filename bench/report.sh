@@ -28,7 +28,35 @@ MEDIANS=$(jq -s '
       srv_cpu: (map(.server_cpu_pct_push) | med), gen_cpu: (map(.gen_cpu_pct_push) | med),
       gen_cpu_connect: (map(.gen_cpu_pct_connect) | med), other: (map(.others_cpu_pct_push) | med),
       rss_growth_mb: (map(.rss_growth_mb) | med | r1), unmatched: (map(.unmatched) | med)})' "$RAW")
-EXTRAS=$(jq -s 'map(select(.clients == null))' "$RAW")
+EXTRAS=$(jq -s 'map(select(.clients == null and (.scenario | startswith("cluster-") | not)))' "$RAW")
+# Cluster cases, per mode and shape: both generators' latencies, the servers' CPU per
+# frame over all frames of both generators (one node serves both in embedded mode,
+# each generator's node in redis mode), and Redis's own CPU.
+CLUSTER=$(jq -s '
+  def med: map(select(. != null)) | sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def r1: if . == null then null else (. * 10 | round) / 10 end;
+  def cpu: .server_cpu_pct_push / 100 * .push_s;
+  def frames: .received + (.unmatched // 0);
+  map(select(.scenario | startswith("cluster-"))) as $all
+  | [("embedded", "redis") as $mode | ("latency", "fanout") as $shape
+     | ($all | map(select(.scenario | startswith("cluster-\($mode)-\($shape)-")))) as $rows
+     | [$rows[].run] | unique | map(. as $run | $rows | map(select(.run == $run))
+         | (map(select(.scenario | endswith("-a")))[0]) as $a
+         | (map(select(.scenario | endswith("-b")))[0]) as $b
+         | (map(select(.scenario | endswith("-redis")))[0]) as $r
+         | select($a != null and $b != null)
+         | {p50a: $a.lat_ms_p50, p99a: $a.lat_ms_p99, p50b: $b.lat_ms_p50, p99b: $b.lat_ms_p99,
+            lost: ($a.lost + $b.lost), gen: ($a.gen_cpu_pct_push + $b.gen_cpu_pct_push),
+            us: ((if $mode == "embedded" then ($a | cpu) else ($a | cpu) + ($b | cpu) end)
+                 / (($a | frames) + ($b | frames)) * 1e6),
+            redis: ($r.redis_cpu_s // null)})
+     | select(length > 0)
+     | {mode: $mode, shape: $shape, runs: length,
+        p50a: (map(.p50a) | med | r1), p99a: (map(.p99a) | med | r1),
+        p50b: (map(.p50b) | med | r1), p99b: (map(.p99b) | med | r1),
+        lost: (map(.lost) | max), us: (map(.us) | med | r1), gen: (map(.gen) | med),
+        redis: (map(.redis) | med)}]' "$RAW")
 
 get() { # scenario server field
   jq -r --arg s "$1" --arg k "$2" --arg f "$3" \
@@ -53,7 +81,7 @@ Produced by \`bench/run.sh\` (wsfan load generator and Node + ws peer from
 
 - $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(awk '/MemTotal/ {printf "%.0f GB RAM", $2/1024/1024}' /proc/meminfo); kernel $(uname -r)
 - file-descriptor hard limit $(ulimit -Hn); load generator, server and Node peer on the same machine (loopback)
-- scenecast $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?") ($BIN); $(node --version 2>/dev/null | sed 's/^/Node /' || echo "no Node")
+- scenecast $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?") ($(basename "$BIN"), release build); $(node --version 2>/dev/null | sed 's/^/Node /' || echo "no Node")
 
 ## Headline: scenecast vs the Node peer, same session
 
@@ -85,12 +113,24 @@ $(row "slow readers: server RSS growth with 20 stalled (MB)" slow-20 rss_growth_
 
 | case | server | clients | lost | RSS/conn B | CPU/frame µs | p50 ms | p99 ms | deliveries/s | ack p50 ms | server CPU % | generator CPU % | other load % |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
-$(jq -r '.[] | "| \(.scenario) | \(.server) | \(.clients) | \(.lost) | \(.rss_conn) | \(.us_frame) | \(.p50) | \(.p99) | \(.dps) | \(.ack) | \(.srv_cpu) | \(.gen_cpu) | \(.other) |"' <<<"$MEDIANS")
+$(jq -r '.[] | select(.scenario | startswith("cluster-") | not) | "| \(.scenario) | \(.server) | \(.clients) | \(.lost) | \(.rss_conn) | \(.us_frame) | \(.p50) | \(.p99) | \(.dps) | \(.ack) | \(.srv_cpu) | \(.gen_cpu) | \(.other) |"' <<<"$MEDIANS")
 
 CPU % is of one core, measured over the push phase; "generator" is wsfan itself, which
 shares the 2 cores with the server, "other load" the rest of the machine.
 
-## Slow readers and cluster extras
+## Cluster mode: two nodes and a Redis vs one embedded node
+
+Two generators of 5,000 clients each, both triggering through the first node
+(\`latency\`: 20 pushes 500 ms apart each, interleaved, so 40 pushes 250 ms apart in
+all; \`fanout\`: 100 pushes 10 ms apart each). "a" is the generator whose clients sit
+on the node that takes the triggers, "b" the other one (in redis mode every one of
+its frames crossed Redis). CPU per frame counts every frame of both generators.
+
+| mode | shape | p50 a / b ms | p99 a / b ms | server CPU per frame µs | lost | generators' CPU % | redis-server CPU s |
+|---|---|---|---|---|---|---|---|
+$(jq -r '.[] | "| \(.mode) | \(.shape) | \(.p50a) / \(.p50b) | \(.p99a) / \(.p99b) | \(.us) | \(.lost) | \(.gen) | \(.redis) |"' <<<"$CLUSTER")
+
+## Slow readers
 
 $(jq -r '.[] | "- " + (to_entries | map("\(.key)=\(.value)") | join(", "))' <<<"$EXTRAS")
 
@@ -98,7 +138,5 @@ In \`slow-20\` the 20 stalled clients are closed by scenecast with 4008 once the
 send buffer (~4 MB per socket, autotuned) and then their send queue (128 KiB) are
 full or nothing moved for 2 s: \`slow_consumers_closed\` is
 \`scenecast_slow_consumers_closed_total\` after the run. The Node peer keeps every
-stalled socket and everything pushed to it since. Cluster cases: \`-a\` is the generator whose
-5k clients sit on the node that receives the triggers, \`-b\` the one on the other node
-(every one of its frames crossed Redis); in embedded mode both sit on one node.
+stalled socket and everything pushed to it since.
 EOF

@@ -13,6 +13,7 @@
 #   SCENECAST_BIN  server binary to measure (default: cargo build --release)
 #   RUNS           runs per case            (default 3)
 #   SCENARIOS      subset of: idle fanout latency small max text slow cluster
+#   PEER           0 to skip the Node peer (e.g. to measure an older scenecast build)
 #   OUT            results file             (default bench/results/$(date +%F).md)
 #
 # Every process started here is killed on exit; every run is bounded by `timeout`.
@@ -113,7 +114,7 @@ wsfan_run() {
   echo "$out" | jq -c --arg s "$scenario" --arg k "$kind" --argjson r "$RUN" '. + {scenario: $s, server: $k, run: $r}' >>"$RAW"
 }
 
-kinds() { echo scenecast; $HAVE_NODE && echo node; return 0; }
+kinds() { echo scenecast; $HAVE_NODE && [[ ${PEER:-1} != 0 ]] && echo node; return 0; }
 
 # One fresh server per run: RSS per connection is only meaningful from a clean start.
 simple_case() { # scenario n [wsfan args...] (trigger given per kind by the caller's TRIGGER)
