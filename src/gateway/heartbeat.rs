@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::hub::{CloseReason, Hub, frame};
+use crate::hub::{CloseReason, Hub, Offer, frame};
 use crate::metrics::Metrics;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -32,14 +32,17 @@ pub async fn run(hub: Hub, settings: Arc<Settings>, metrics: Arc<Metrics>) {
             if outbox.closing().is_some() {
                 return;
             }
-            if outbox.idle_secs() >= idle_after {
+            // Whole seconds on both sides: `>` never closes early.
+            if outbox.idle_secs() > idle_after {
                 outbox.close(CloseReason::IdleTimeout);
                 idle += 1;
             } else if outbox.stalled_checks() >= stalled_after {
                 outbox.close(CloseReason::SlowConsumer);
                 stalled += 1;
-            } else if id % ping_every == tick % ping_every {
-                outbox.offer(&frame::PING);
+            } else if id % ping_every == tick % ping_every
+                && outbox.offer(&frame::PING) == Offer::Overflowed
+            {
+                stalled += 1;
             }
         });
         if idle > 0 {

@@ -14,7 +14,8 @@
 //! | 1007 | a publisher sent a frame that is not a routable object |
 //! | 1009 | a message over `server.max_message_bytes`              |
 //! | 4001 | nothing arrived for `heartbeat.idle_timeout_secs`      |
-//! | 4008 | slow consumer: the send queue overflowed               |
+//! | 4008 | slow consumer: the send queue overflowed, or its       |
+//! |      | frames did not move for `server.send_timeout_secs`     |
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
