@@ -33,7 +33,11 @@ CLIENT_TOKEN=bench-client
 API_TOKEN=bench-api
 RUN_TIMEOUT=300
 
+# Processes started here and not yet reaped; a reaped one is dropped at once, so
+# that the clean-up never signals a PID the system has since given to someone else.
 PIDS=()
+forget() { local keep=() p; for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
+reap() { wait "$1" 2>/dev/null || true; forget "$1"; }
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -93,7 +97,7 @@ stop_server() {
   kill "$SERVER_PID" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  reap "$SERVER_PID"
 }
 
 trigger_url() { # kind func: the HTTP trigger of one push
@@ -173,7 +177,7 @@ run_slow() {
         PAD=$pad wsfan_run "$scenario" "$kind" 500 --trigger http \
           --trigger-target "$(PAD=$pad trigger_url "$kind" pushPadded)" --target page:home -m 600 --interval-ms 10
         if (( stalled > 0 )); then
-          wait "$stalled_pid" || true
+          reap "$stalled_pid"
           local slow
           slow=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^scenecast_slow_consumers_closed_total/ {print $2}')
           echo "{\"scenario\":\"$scenario-extra\",\"server\":\"$kind\",\"run\":$RUN,\"stalled\":$stalled,\"slow_consumers_closed\":${slow:-null}}" >>"$RAW"
@@ -219,6 +223,7 @@ run_cluster() {
         local redis_cpu0; redis_cpu0=$(cpu_ticks "$redis_pid")
         log "cluster-$mode-$shape_name: run $RUN"
         local scenario=cluster-$mode-$shape_name
+        local generators=()
         for side in a b; do
           local port=$a_port pid=$a_pid field=aseq func=benchA settle=1000
           [[ $side == b ]] && { port=$b_port; pid=$b_pid; field=bseq; func=benchB; settle=$((1000 + interval / 2)); }
@@ -226,9 +231,9 @@ run_cluster() {
             --trigger http --trigger-target "http://127.0.0.1:$a_port/?func=$func&token=$API_TOKEN&seq={seq}&t_ns={t_ns}" \
             --seq-from "regex:\"$field\"\\s*:\\s*\"?(\\d+)" --target page:home \
             -m "$pushes" --interval-ms "$interval" --settle-ms "$settle" &
-          PIDS+=("$!")
+          PIDS+=("$!"); generators+=("$!")
         done
-        wait "${PIDS[@]: -2}" || true
+        for pid in "${generators[@]}"; do reap "$pid"; done
         local redis_ticks=$(( $(cpu_ticks "$redis_pid") - redis_cpu0 ))
         echo "{\"scenario\":\"$scenario-redis\",\"server\":\"redis-server\",\"run\":$RUN,\"redis_cpu_s\":$(awk -v t="$redis_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')}" >>"$RAW"
         SERVER_PID=$a_pid; stop_server
@@ -236,6 +241,8 @@ run_cluster() {
       done
     done
   done
+  kill "$redis_pid" 2>/dev/null || true
+  reap "$redis_pid"
 }
 
 # ---- run --------------------------------------------------------------------------
