@@ -14,6 +14,7 @@
   var empty = document.getElementById('empty');
   var count = document.getElementById('count');
   var received = 0;
+  var everOpen = false;
 
   // Keep token and uid when moving between /home and /list.
   document.querySelectorAll('a[data-keep-query]').forEach(function (link) {
@@ -71,9 +72,18 @@
   }
 
   var client = new Scenecast({ page: page, token: token, uid: uid || undefined });
-  client.addEventListener('state', function (e) { showState(e.detail.state); });
+  var unreachable = document.getElementById('unreachable');
+  client.addEventListener('state', function (e) {
+    showState(e.detail.state);
+    if (e.detail.state === 'open') {
+      everOpen = true;
+      unreachable.hidden = true;
+    }
+  });
   client.addEventListener('retry', function (e) {
     showState('closed', 'retry in ' + Math.max(1, Math.round(e.detail.delay / 1000)) + ' s');
+    // A refused token looks like a dead server to a browser (no status is exposed).
+    if (!everOpen && e.detail.attempt >= 3) unreachable.hidden = false;
   });
   client.addEventListener('message', function (e) { add(e.detail.data); });
   showState(client.state);

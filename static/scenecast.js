@@ -76,7 +76,6 @@
       this.stopped = false;
       this.timers = {};
       this._online = () => { if (!this.stopped && this.state !== 'open') this.connect(); };
-      root.addEventListener('online', this._online);
       if (this.options.autoConnect) this.connect();
     }
 
@@ -84,6 +83,7 @@
     connect() {
       this.stopped = false;
       this._clear('retry');
+      root.addEventListener('online', this._online); // no-op when already listening
       if (this.socket) return;
       var socket;
       try {

@@ -180,6 +180,20 @@ async fn flow() {
     let result = back_action(&chrome, &back, "#push-send", 5).await;
     assert_eq!(result, "error 400: page must not be empty");
 
+    // A wrong client token: the browser only sees failed connects, so after a few
+    // the page says what to check, and keeps retrying.
+    chrome
+        .open_tab(&format!("{base}/list?token=not-a-client-token"))
+        .await;
+    chrome
+        .wait_for(
+            "/list with a wrong token explains it cannot connect",
+            "return !document.getElementById('unreachable').hidden \
+             && document.getElementById('state').dataset.state !== 'open';",
+            json!([]),
+        )
+        .await;
+
     // The dashboard counts one connection on each page.
     let dashboard = chrome.open_tab(&format!("{base}/dashboard")).await;
     chrome.type_into("#api-token", API_TOKEN).await;
