@@ -36,7 +36,7 @@ const MAX_NAME_LEN: usize = 128;
 /// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
 const MAX_BOUND_UID_LEN: usize = 64;
 const PONG: &str = r#"{"type":"pong"}"#;
-/// How long a close frame may wait for room in the send channel.
+/// How long the echo of a client's close frame may wait for room in the send channel.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 const IDLE_TIMEOUT: u16 = 4001;
@@ -332,7 +332,10 @@ impl Connection {
             code,
             description: Some(truncate(description, 120).to_string()),
         };
-        let _ = timeout(CLOSE_TIMEOUT, self.session.clone().close(Some(reason))).await;
+        // A client that is behind (slow consumer) gets as long as any write to take
+        // its close frame, so that it learns why when it reads again.
+        let wait = Duration::from_secs(self.state.settings.server.send_timeout_secs);
+        let _ = timeout(wait, self.session.clone().close(Some(reason))).await;
         Ended::ServerClosed(code.into())
     }
 }
