@@ -20,6 +20,7 @@ pub mod push;
 pub mod registry;
 pub mod scenes;
 pub mod server;
+pub mod web;
 
 pub use config::Settings;
 pub use server::{Running, StartError, start};

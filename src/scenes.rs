@@ -174,6 +174,26 @@ impl Scene {
         }
     }
 
+    /// The query parameters a trigger must give (target first, then message), each
+    /// once: the /back page shows one input per name.
+    pub fn params(&self) -> Vec<&str> {
+        let target = match &self.target {
+            TargetTemplate::All => None,
+            TargetTemplate::Page(t) | TargetTemplate::Uid(t) => Some(t),
+        };
+        let mut names: Vec<&str> = Vec::new();
+        for name in target
+            .into_iter()
+            .flat_map(Template::params)
+            .chain(self.message.params())
+        {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// Builds the push for one trigger.
     pub fn render(&self, params: &Params) -> Result<Push, SceneError> {
         let render_id = |template: &Template| -> Result<Arc<str>, SceneError> {
@@ -368,6 +388,7 @@ mod tests {
             ]))
             .unwrap();
         assert_eq!(push.target, Target::Page("home".into()));
+        assert_eq!(table.get("f").unwrap().params(), ["id", "who", "seq"]);
         let parsed: serde_json::Value = serde_json::from_str(&push.payload).unwrap();
         assert_eq!(
             parsed,
@@ -393,6 +414,8 @@ mod tests {
             .render(&params(&[("page", "list")]))
             .unwrap();
         assert_eq!(push.target, Target::Page("list".into()));
+        assert_eq!(fixed.get("f").unwrap().params(), Vec::<&str>::new());
+        assert_eq!(generic.get("f").unwrap().params(), ["page"]);
         assert_eq!(
             generic.get("f").unwrap().render(&params(&[])).unwrap_err(),
             SceneError::MissingParam("page".into())

@@ -154,6 +154,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             .app_data(app_state.clone())
             .configure(ingress::http::routes)
             .configure(ops::routes)
+            .configure(crate::web::routes)
             .default_service(web::to(ops::not_found))
     })
     .workers(workers)

@@ -4,8 +4,10 @@
 
 mod common;
 
+mod browser;
 mod cluster;
 mod config;
 mod ingress;
+mod pages;
 mod profiles;
 mod router;

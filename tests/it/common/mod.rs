@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod chrome;
 pub mod node;
 pub mod redis;
 pub mod server;
 pub mod text;
 pub mod ws;
 
+pub use self::chrome::Chrome;
 pub use self::node::Node;
 pub use self::redis::RedisServer;
 pub use self::server::{API_TOKEN, CLIENT_TOKEN, TestServer};

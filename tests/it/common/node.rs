@@ -2,7 +2,7 @@
 //! test profile's one), for cluster tests: own config file, own port, killed on drop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -14,6 +14,23 @@ fn binary() -> PathBuf {
     std::env::var_os("SCENECAST_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scenecast")))
+}
+
+/// Starts the binary with `config`, its stderr appended to `log`.
+fn launch(config: &Path, log: &Path) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open node log");
+    Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start the scenecast binary")
 }
 
 pub struct Node {
@@ -39,15 +56,8 @@ impl Node {
              [redis]\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\nnode_ttl_secs = {ttl_secs}\n{extra}"
         );
         std::fs::write(&config, text).expect("write node config");
-        let stderr = std::fs::File::create(&log).expect("create node log");
-        let child = Command::new(binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the scenecast binary");
+        let _ = std::fs::remove_file(&log);
+        let child = launch(&config, &log);
         Node {
             id: id.to_string(),
             addr,
@@ -55,6 +65,13 @@ impl Node {
             config,
             log,
         }
+    }
+
+    /// Kills the node if it runs and starts it again with the same config, on the
+    /// same port (its log goes on in the same file).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(launch(&self.config, &self.log));
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,252 @@
+//! The pages in a real headless Chromium, as a person uses them: /home and /list
+//! open, an operator runs scenes and pushes from /back, the server is killed and
+//! started again, the pages come back by themselves, a hostile message shows as
+//! text, and /dashboard counts the connections. One screenshot per page lands in
+//! tests/artifacts/.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::chrome::Tab;
+use crate::common::{API_TOKEN, CLIENT_TOKEN, Chrome, Node};
+
+/// The whole flow must finish within this, or the test fails (and its drop guards
+/// kill Chromium, chromedriver and the server).
+const TEST_BOUND: Duration = Duration::from_secs(180);
+
+const HOME_MESSAGE: &str = "后端按了按钮1";
+const LIST_MESSAGE: &str = "后端按了按钮2";
+const XSS: &str = r#"<img src=x onerror="document.title='pwned'">"#;
+
+const ENTRY_COUNT: &str = "return document.querySelectorAll('#feed .entry').length;";
+/// The newest entry's text once there are at least `arguments[0]` entries.
+const NEWEST_ENTRY: &str = "var e = document.querySelectorAll('#feed .entry'); \
+     return e.length >= arguments[0] ? e[0].querySelector('.entry-text').textContent : null;";
+/// The newest result on /back once there are at least `arguments[0]` results.
+const NEWEST_RESULT: &str = "var r = document.querySelectorAll('#results .result'); \
+     return r.length >= arguments[0] ? r[0].querySelector('.result-text').textContent : null;";
+
+async fn wait_state(chrome: &Chrome, tab: &Tab, page: &str, state: &str) {
+    chrome.switch_to(tab).await;
+    chrome
+        .wait_for(
+            &format!("/{page} shows the connection as {state}"),
+            &format!("return document.getElementById('state').dataset.state === '{state}';"),
+            json!([]),
+        )
+        .await;
+}
+
+async fn wait_not_open(chrome: &Chrome, tab: &Tab, page: &str) {
+    chrome.switch_to(tab).await;
+    chrome
+        .wait_for(
+            &format!("/{page} notices the server is gone"),
+            "return document.getElementById('state').dataset.state !== 'open';",
+            json!([]),
+        )
+        .await;
+}
+
+/// Waits for the `n`-th entry on the feed in `tab` and returns the newest entry's text.
+async fn newest_entry(chrome: &Chrome, tab: &Tab, page: &str, n: usize) -> String {
+    chrome.switch_to(tab).await;
+    let text = chrome
+        .wait_for(
+            &format!("/{page} shows {n} message(s)"),
+            NEWEST_ENTRY,
+            json!([n]),
+        )
+        .await;
+    text.as_str().unwrap_or_default().to_string()
+}
+
+async fn entry_count(chrome: &Chrome, tab: &Tab) -> u64 {
+    chrome.switch_to(tab).await;
+    chrome
+        .js(ENTRY_COUNT, json!([]))
+        .await
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Clicks `button` on /back and returns the text of the `n`-th result it produced.
+async fn back_action(chrome: &Chrome, back: &Tab, button: &str, n: usize) -> String {
+    chrome.switch_to(back).await;
+    chrome.click(button).await;
+    let text = chrome
+        .wait_for(
+            &format!("/back shows result #{n}"),
+            NEWEST_RESULT,
+            json!([n]),
+        )
+        .await;
+    text.as_str().unwrap_or_default().to_string()
+}
+
+async fn dashboard_count(chrome: &Chrome, page: &str) -> Value {
+    chrome
+        .js(
+            "var c = document.querySelector('#pages-body tr[data-page=\"' + arguments[0] + '\"] .page-count'); \
+             return c ? c.textContent : null;",
+            json!([page]),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_show_pushes_reconnect_after_a_crash_and_render_text_as_text() {
+    match tokio::time::timeout(TEST_BOUND, flow()).await {
+        Ok(()) => {}
+        Err(_) => panic!("the browser flow did not finish within {TEST_BOUND:?}"),
+    }
+}
+
+async fn flow() {
+    // The real binary, embedded mode (no Redis), so that it can be killed for real.
+    let mut server = Node::spawn("pages", "", "browser", 10, "");
+    server.wait_status("ok").await;
+    let base = server.http_url("");
+    let mut chrome = Chrome::start().await;
+
+    // Two viewers: /home for user u1, /list anonymous; each takes its token from its URL.
+    let home = chrome
+        .open_tab(&format!("{base}/home?token={CLIENT_TOKEN}&uid=u1"))
+        .await;
+    wait_state(&chrome, &home, "home", "open").await;
+    let list = chrome
+        .open_tab(&format!("{base}/list?token={CLIENT_TOKEN}"))
+        .await;
+    wait_state(&chrome, &list, "list", "open").await;
+
+    // The operator types the API token on /back and runs the home scene.
+    let back = chrome.open_tab(&format!("{base}/back")).await;
+    chrome.type_into("#api-token", API_TOKEN).await;
+    let result = back_action(&chrome, &back, "button[data-scene='pushHomeLogic']", 1).await;
+    assert_eq!(result, "delivered: 1");
+    assert_eq!(newest_entry(&chrome, &home, "home", 1).await, HOME_MESSAGE);
+    assert_eq!(
+        entry_count(&chrome, &list).await,
+        0,
+        "the home scene must not reach /list"
+    );
+
+    // The list scene reaches /list alone: its first and only entry is its own message.
+    let result = back_action(&chrome, &back, "button[data-scene='pushListLogic']", 2).await;
+    assert_eq!(result, "delivered: 1");
+    assert_eq!(newest_entry(&chrome, &list, "list", 1).await, LIST_MESSAGE);
+    assert_eq!(entry_count(&chrome, &list).await, 1);
+    assert_eq!(entry_count(&chrome, &home).await, 1);
+
+    // Crash: SIGKILL, no close frame. Both pages notice, then reconnect on their own
+    // once a new server listens on the same port.
+    server.kill();
+    wait_not_open(&chrome, &home, "home").await;
+    wait_not_open(&chrome, &list, "list").await;
+    server.restart();
+    server.wait_status("ok").await;
+    wait_state(&chrome, &home, "home", "open").await;
+    wait_state(&chrome, &list, "list", "open").await;
+
+    let result = back_action(&chrome, &back, "button[data-scene='pushHomeLogic']", 3).await;
+    assert_eq!(result, "delivered: 1");
+    assert_eq!(newest_entry(&chrome, &home, "home", 2).await, HOME_MESSAGE);
+
+    // A hostile message, pushed to user u1 from the free-form box, shows as characters.
+    chrome.switch_to(&back).await;
+    chrome.click("#push-kind option[value='uid']").await;
+    chrome.type_into("#push-name", "u1").await;
+    let hostile = json!({"code": 200, "message": XSS}).to_string();
+    chrome.type_into("#push-message", &hostile).await;
+    let result = back_action(&chrome, &back, "#push-send", 4).await;
+    assert_eq!(result, "delivered: 1");
+    assert_eq!(newest_entry(&chrome, &home, "home", 3).await, XSS);
+    chrome.switch_to(&home).await;
+    let images = chrome
+        .js(
+            "return document.querySelectorAll('#feed img').length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(images, 0, "the pushed markup must not become an element");
+    let title = chrome.js("return document.title;", json!([])).await;
+    assert_eq!(title, "Home · scenecast");
+
+    // A bad push shows the server's error message as the result.
+    chrome.switch_to(&back).await;
+    chrome.click("#push-kind option[value='page']").await;
+    chrome.clear("#push-name").await;
+    let result = back_action(&chrome, &back, "#push-send", 5).await;
+    assert_eq!(result, "error 400: page must not be empty");
+
+    // A wrong client token: the browser only sees failed connects, so after a few
+    // the page says what to check, and keeps retrying.
+    chrome
+        .open_tab(&format!("{base}/list?token=not-a-client-token"))
+        .await;
+    chrome
+        .wait_for(
+            "/list with a wrong token explains it cannot connect",
+            "return !document.getElementById('unreachable').hidden \
+             && document.getElementById('state').dataset.state !== 'open';",
+            json!([]),
+        )
+        .await;
+
+    // The dashboard counts one connection on each page.
+    let dashboard = chrome.open_tab(&format!("{base}/dashboard")).await;
+    chrome.type_into("#api-token", API_TOKEN).await;
+    chrome
+        .wait_for(
+            "/dashboard shows one connection on home and one on list",
+            "var n = function (p) { var c = document.querySelector('#pages-body tr[data-page=\"' + p + '\"] .page-count'); return c && c.textContent; }; \
+             return n('home') === '1' && n('list') === '1' && document.getElementById('total').textContent === '2';",
+            json!([]),
+        )
+        .await;
+    assert_eq!(dashboard_count(&chrome, "home").await, "1");
+    // Pushes per second come from two successive samples: once there is a figure,
+    // pushes made now show up in the next one.
+    chrome
+        .wait_for(
+            "/dashboard shows a pushes-per-second figure",
+            "return document.getElementById('rate').textContent !== '–';",
+            json!([]),
+        )
+        .await;
+    let http = reqwest::Client::new();
+    for n in 0..20 {
+        let reply = http
+            .post(format!("{base}/api/push"))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({"page": "nobody", "message": {"n": n}}))
+            .send()
+            .await
+            .expect("push through the API");
+        assert_eq!(reply.status().as_u16(), 200);
+    }
+    chrome
+        .wait_for(
+            "/dashboard shows pushes per second above zero",
+            "return parseFloat(document.getElementById('rate').textContent) > 0;",
+            json!([]),
+        )
+        .await;
+
+    for (tab, name) in [
+        (&home, "home"),
+        (&list, "list"),
+        (&back, "back"),
+        (&dashboard, "dashboard"),
+    ] {
+        chrome.switch_to(tab).await;
+        chrome.js("window.scrollTo(0, 0);", json!([])).await;
+        let path = chrome.screenshot(name).await;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 1000, "screenshot {} is empty", path.display());
+    }
+
+    chrome.quit().await;
+    drop(server);
+}
