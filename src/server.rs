@@ -23,6 +23,14 @@ use crate::{gateway, ingress, ops};
 /// this long, even if we are not reading from it.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Settings every accepted TCP connection gets, HTTP/WebSocket and text port alike:
+/// no Nagle delay on small pushes, and `TCP_USER_TIMEOUT` so that a peer which
+/// stopped acknowledging is dropped by the kernel.
+pub(crate) fn tune_accepted(socket: &socket2::SockRef<'_>) {
+    let _ = socket.set_tcp_nodelay(true);
+    let _ = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -163,9 +171,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     .shutdown_timeout(settings.server.shutdown_timeout_secs)
     .on_connect(|connection, _| {
         if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let socket = socket2::SockRef::from(stream);
-            let _ = socket.set_tcp_nodelay(true);
-            let _ = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+            tune_accepted(&socket2::SockRef::from(stream));
         }
     })
     .listen(listener)

@@ -39,8 +39,6 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keepalive probes start after this much silence; a dead peer is dropped ~30 s later.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// A peer that stopped acknowledging our replies is dropped by the kernel after this.
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// After an accept error (e.g. out of file descriptors), wait before the next accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -106,13 +104,13 @@ async fn accept_loop(listener: TcpListener, port: Arc<Port>) {
 
 async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Port>) {
     let socket = SockRef::from(&stream);
-    let _ = socket.set_tcp_nodelay(true);
+    crate::server::tune_accepted(&socket);
+    // Text connections may idle between lines for ever, so keepalive finds dead peers.
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(3);
     let _ = socket.set_tcp_keepalive(&keepalive);
-    let _ = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
     log::debug!("text port: {peer} connected");
 
     let (read, write) = stream.split();
