@@ -13,6 +13,8 @@ use scenecast::push::{Push, Target};
 use scenecast::scenes::{Params, SceneTable};
 
 const CONNECTIONS: usize = 10_000;
+/// Fan-out workers the connections are spread over, as on a 2-core server.
+const WORKERS: usize = 2;
 
 fn meta(page: &str) -> ConnMeta {
     ConnMeta {
@@ -28,7 +30,10 @@ fn meta(page: &str) -> ConnMeta {
 fn fan_out(c: &mut Criterion) {
     let hub = Hub::new(1 << 20);
     let outboxes: Vec<Arc<Outbox>> = (0..CONNECTIONS)
-        .map(|i| hub.open(meta(if i % 2 == 0 { "home" } else { "list" })).1)
+        .map(|i| {
+            hub.open(meta(if i % 2 == 0 { "home" } else { "list" }), i % WORKERS)
+                .1
+        })
         .collect();
     let payload = r#"{"code":200,"message":"后端按了按钮1","seq":"12345","t_ns":"123456789012"}"#;
     let mut group = c.benchmark_group("hub_fan_out");
@@ -54,6 +59,15 @@ fn fan_out(c: &mut Criterion) {
             })
         });
     }
+    // What each worker does first in the server: pick its own matching outboxes.
+    let mut picked = Vec::new();
+    group.throughput(Throughput::Elements(CONNECTIONS as u64));
+    group.bench_function("collect_one_worker_of_all_10k", |b| {
+        b.iter(|| {
+            hub.collect(black_box(&Target::All), 0, &mut picked);
+            assert_eq!(picked.len(), CONNECTIONS / WORKERS);
+        })
+    });
     group.finish();
 }
 

@@ -1,17 +1,26 @@
-//! Assembles the server: binds the listeners, builds the shared state, runs actix-web,
-//! and owns the graceful stop (1001 to every client, registry entries removed,
-//! then the HTTP server drained).
+//! Assembles the server: binds the listeners, builds the shared state, runs the HTTP
+//! workers, and owns the graceful stop (1001 to every client, registry entries
+//! removed, then the HTTP server drained).
+//!
+//! The HTTP side is actix-web's `App` on actix-http's `HttpService`, assembled by hand
+//! rather than through `HttpServer`, for one reason: `HttpService` can hand WebSocket
+//! upgrades, socket and all, to [`gateway::upgrade_service`], so a WebSocket does not
+//! keep an HTTP dispatcher and its buffers for its whole life.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_server::ServerHandle;
+use actix_service::map_config;
+use actix_web::dev::AppConfig;
+use actix_web::{App, web};
+use tokio::net::TcpStream;
 
 use crate::app::AppState;
 use crate::auth::Tokens;
-use crate::bus::{Bus, RedisBus};
+use crate::bus::{Bus, Fanout, RedisBus};
 use crate::config::Settings;
 use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
@@ -22,6 +31,9 @@ use crate::{gateway, ingress, ops};
 /// A dead peer that stopped acknowledging our writes is dropped by the kernel after
 /// this long, even if we are not reading from it.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a graceful stop waits for clients to answer the close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Settings every accepted TCP connection gets, HTTP/WebSocket and text port alike:
 /// no Nagle delay on small pushes, and `TCP_USER_TIMEOUT` so that a peer which
@@ -126,11 +138,18 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let registry = Registry::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
         .map_err(StartError::Setup)?;
     let mut background = Vec::new();
+    let fanout = Fanout::start(hub.clone(), metrics.clone());
     let bus = if settings.redis.url.is_empty() {
-        Bus::embedded(hub.clone(), metrics.clone())
+        Bus::embedded(hub.clone(), fanout)
     } else {
-        let (bus, link) = RedisBus::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
-            .map_err(StartError::Setup)?;
+        let (bus, link) = RedisBus::start(
+            &settings.redis,
+            &node_id,
+            hub.clone(),
+            fanout,
+            metrics.clone(),
+        )
+        .map_err(StartError::Setup)?;
         background.push(link);
         Bus::Redis(bus)
     };
@@ -157,26 +176,40 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
 
     let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(app_state.clone())
-            .configure(ingress::http::routes)
-            .configure(ops::routes)
-            .configure(crate::web::routes)
-            .default_service(web::to(ops::not_found))
-    })
-    .workers(workers)
-    .backlog(4096)
-    .disable_signals()
-    .shutdown_timeout(settings.server.shutdown_timeout_secs)
-    .on_connect(|connection, _| {
-        if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            tune_accepted(&socket2::SockRef::from(stream));
-        }
-    })
-    .listen(listener)
-    .map_err(|e| bind_error("server.bind", &settings.server.bind, e))?
-    .run();
+    let builder = actix_server::Server::build();
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(workers)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen("scenecast-http", listener, move || {
+            let app = App::new()
+                .app_data(app_state.clone())
+                .configure(ingress::http::routes)
+                .configure(ops::routes)
+                .configure(crate::web::routes)
+                .default_service(web::to(ops::not_found));
+            let stopping = stopping.clone();
+            HttpService::build()
+                // As actix-web's HttpServer: a second to finish a response to a
+                // client that is going away, and idle keep-alive connections closed
+                // at once on a graceful stop (the signal is what HttpServer wires in;
+                // without it a stop waits out every client's keep-alive).
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .on_connect_ext(|socket: &TcpStream, _: &mut _| {
+                    tune_accepted(&socket2::SockRef::from(socket));
+                })
+                .upgrade(gateway::upgrade_service(app_state.clone().into_inner()))
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(|e| bind_error("server.bind", &settings.server.bind, e))?
+        .run();
     let handle = server.handle();
     let server = tokio::spawn(server);
 
@@ -250,7 +283,14 @@ impl Running {
         state.hub.close_all(CloseReason::Shutdown);
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+        // Until every close frame is written (or the time is up)...
         while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...and briefly, until clients answered it: a socket dropped with their
+        // answer unread is reset, and a reset can cost a client the close frame.
+        let answered = deadline.min(tokio::time::Instant::now() + CLOSE_GRACE);
+        while !state.hub.is_drained() && tokio::time::Instant::now() < answered {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         state.registry.shutdown().await;

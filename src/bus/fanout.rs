@@ -1,48 +1,162 @@
-//! Embedded mode's delivery: one task, on the runtime's own threads, fans the pushes
-//! out in the order they were published; a publish queues its push and returns.
+//! This node's delivery: every push, from any ingress or from Redis, is framed once
+//! and handed to each HTTP worker, and each worker writes it to the connections it
+//! serves. Both cores write at once, each to its own sockets, on the thread whose
+//! reactor owns them: no cross-thread wake-up per connection, no lock shared by two
+//! connections.
 //!
-//! Why not fan out inline: an HTTP push arrives on an actix worker, which also owns a
-//! share of the WebSocket connections. Waking that share from the worker itself puts
-//! their writes in its local run queue, ahead of everything else, and the caller's
-//! reply behind them: the next HTTP push waited ~100 ms at 10k connections, one push
-//! at a time, each frame written alone. Woken from this task, the writers go to each
-//! worker's remote queue, which it serves after the requests and frames arriving
-//! meanwhile; pushes keep coming while writers drain, and frames that meet in a queue
-//! leave in one write.
+//! Order: one task takes the pushes in the order they were published and passes each
+//! to every worker's queue in that order, so every connection sees pushes in the
+//! same order. A worker writes a push to a few hundred connections at a time, letting
+//! requests and client frames on its thread run in between, so a 10k fan-out does not
+//! hold up the HTTP trigger that follows it.
+//!
+//! Back-pressure: the queues are bounded; when workers fall behind, the ordering
+//! task waits, then publishers wait. Nothing waits on a client: a client that does
+//! not keep up has its own bounded queue ([`crate::hub::Outbox`]).
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::deliver_local;
-use crate::hub::Hub;
+use crate::hub::{Delivery, Hub, Outbox, frame};
 use crate::metrics::Metrics;
-use crate::push::Push;
+use crate::push::{Push, Target};
 
-/// Pushes waiting for their fan-out; beyond this a publish waits (back-pressure on
-/// the ingress, never on the clients).
+/// Pushes waiting for their fan-out, in the ordering queue and in each worker's.
 const QUEUE: usize = 1024;
 
-/// Handle to the fan-out task.
+/// Connections written per turn of a worker before it lets other tasks run.
+const CHUNK: usize = 256;
+
+/// One push, framed, as every worker receives it.
+struct Job {
+    target: Target,
+    frame: Bytes,
+}
+
+/// The workers' queues, in worker order.
+type Workers = Arc<Mutex<Vec<mpsc::Sender<Arc<Job>>>>>;
+
+thread_local! {
+    /// The workers this thread is, one per fan-out (tests run several servers in
+    /// one process): `(fan-out id, worker index)`.
+    static LOCAL_WORKERS: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Handle to this node's fan-out.
 #[derive(Clone)]
 pub struct Fanout {
+    id: usize,
     queue: mpsc::Sender<Push>,
+    workers: Workers,
+    hub: Hub,
+    metrics: Arc<Metrics>,
 }
 
 impl Fanout {
-    /// Spawns the task on the current runtime; it ends when every handle is dropped.
+    /// Spawns the ordering task on the current runtime; it ends when every handle is
+    /// dropped.
     pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
+        static IDS: AtomicUsize = AtomicUsize::new(0);
         let (queue, mut pushes) = mpsc::channel::<Push>(QUEUE);
+        let workers = Workers::default();
+        let targets = workers.clone();
         tokio::spawn(async move {
             while let Some(push) = pushes.recv().await {
-                deliver_local(&hub, &metrics, &push);
+                let job = Arc::new(Job {
+                    frame: frame::text(&push.payload),
+                    target: push.target,
+                });
+                let queues = lock(&targets).clone();
+                for queue in queues {
+                    // A worker's queue closes only when its thread is gone.
+                    let _ = queue.send(job.clone()).await;
+                }
             }
         });
-        Self { queue }
+        Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            queue,
+            workers,
+            hub,
+            metrics,
+        }
     }
 
-    /// Queues `push`; `false` when the task is gone (the server is stopping).
+    /// Queues `push` for delivery on this node; `false` when the fan-out is gone
+    /// (the server is stopping).
     pub async fn push(&self, push: Push) -> bool {
         self.queue.send(push).await.is_ok()
+    }
+
+    /// The worker index of the calling thread, which must be an HTTP worker (inside
+    /// a tokio `LocalSet`); its first call on a thread starts that worker's loop.
+    pub fn local_worker(&self) -> usize {
+        LOCAL_WORKERS.with(|locals| {
+            let mut locals = locals.borrow_mut();
+            if let Some(&(_, worker)) = locals.iter().find(|(id, _)| *id == self.id) {
+                return worker;
+            }
+            let (sender, jobs) = mpsc::channel(QUEUE);
+            let worker = {
+                let mut workers = lock(&self.workers);
+                workers.push(sender);
+                workers.len() - 1
+            };
+            tokio::task::spawn_local(run_worker(
+                worker,
+                jobs,
+                self.hub.clone(),
+                self.metrics.clone(),
+            ));
+            locals.push((self.id, worker));
+            worker
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One worker's loop: writes each push to the worker's matching connections.
+async fn run_worker(
+    worker: usize,
+    mut jobs: mpsc::Receiver<Arc<Job>>,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+) {
+    // Reused from push to push: a fan-out allocates nothing per connection.
+    let mut outboxes: Vec<Arc<Outbox>> = Vec::new();
+    while let Some(job) = jobs.recv().await {
+        hub.collect(&job.target, worker, &mut outboxes);
+        let mut delivery = Delivery::default();
+        for (i, chunk) in outboxes.chunks(CHUNK).enumerate() {
+            if i > 0 {
+                tokio::task::yield_now().await;
+            }
+            for outbox in chunk {
+                delivery.offer(outbox, &job.frame);
+            }
+        }
+        outboxes.clear();
+        account(&metrics, &job.target, delivery);
+    }
+}
+
+/// Counts a fan-out's deliveries and slow consumers.
+pub(crate) fn account(metrics: &Metrics, target: &Target, delivery: Delivery) {
+    metrics.deliveries.inc_by(delivery.delivered as u64);
+    if delivery.slow_consumers > 0 {
+        metrics
+            .slow_consumers
+            .inc_by(delivery.slow_consumers as u64);
+        log::warn!(
+            "closed {} slow consumer(s) on {target}: send queue full",
+            delivery.slow_consumers,
+        );
     }
 }

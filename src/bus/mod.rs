@@ -1,19 +1,17 @@
 //! Cross-node delivery. Every ingress hands its [`Push`] to the bus; the bus makes
 //! sure each node's hub delivers it exactly once.
 //!
-//! Embedded mode queues the push for this node's fan-out task (see [`fanout`]); redis
-//! mode publishes on a channel every node subscribes to (see [`redis`]).
+//! Embedded mode hands the push to this node's fan-out (see [`fanout`]); redis mode
+//! publishes on a channel every node subscribes to, and each node hands what it
+//! receives to its own fan-out (see [`redis`]).
 
 mod fanout;
 mod redis;
 
-use std::sync::Arc;
-
 pub use self::fanout::Fanout;
 pub use self::redis::RedisBus;
 
-use crate::hub::{Delivery, Hub};
-use crate::metrics::Metrics;
+use crate::hub::Hub;
 use crate::push::Push;
 
 /// What a publish reports back to the ingress that made it.
@@ -33,10 +31,17 @@ pub enum Bus {
 }
 
 impl Bus {
-    /// Starts the fan-out task on the current runtime.
-    pub fn embedded(hub: Hub, metrics: Arc<Metrics>) -> Self {
-        let fanout = Fanout::start(hub.clone(), metrics);
+    /// Embedded mode: pushes go straight to this node's `fanout`.
+    pub fn embedded(hub: Hub, fanout: Fanout) -> Self {
         Bus::Embedded { hub, fanout }
+    }
+
+    /// This node's fan-out, whichever the mode.
+    pub fn fanout(&self) -> &Fanout {
+        match self {
+            Bus::Embedded { fanout, .. } => fanout,
+            Bus::Redis(bus) => bus.fanout(),
+        }
     }
 
     /// Sends `push` to every matching connection of the server.
@@ -62,21 +67,4 @@ impl Bus {
             Bus::Redis(bus) => bus.is_up(),
         }
     }
-}
-
-/// Fans `push` out on this node and accounts for it.
-pub fn deliver_local(hub: &Hub, metrics: &Metrics, push: &Push) -> Delivery {
-    let delivery = hub.deliver(push);
-    metrics.deliveries.inc_by(delivery.delivered as u64);
-    if delivery.slow_consumers > 0 {
-        metrics
-            .slow_consumers
-            .inc_by(delivery.slow_consumers as u64);
-        log::warn!(
-            "closed {} slow consumer(s) on {}: send queue full",
-            delivery.slow_consumers,
-            push.target
-        );
-    }
-    delivery
 }

@@ -19,7 +19,7 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 
-use super::{Published, deliver_local};
+use super::{Fanout, Published};
 use crate::config::RedisSettings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -32,6 +32,7 @@ struct Shared {
     keys: RedisKeys,
     channel: String,
     hub: Hub,
+    fanout: Fanout,
     metrics: Arc<Metrics>,
     /// Connection for PUBLISH; `None` while the link is down.
     publisher: Mutex<Option<MultiplexedConnection>>,
@@ -52,6 +53,7 @@ impl RedisBus {
         settings: &RedisSettings,
         node: &str,
         hub: Hub,
+        fanout: Fanout,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), String> {
         let client =
@@ -61,12 +63,18 @@ impl RedisBus {
             channel: keys.push_channel(),
             keys,
             hub,
+            fanout,
             metrics,
             publisher: Mutex::new(None),
             subscribed: AtomicBool::new(false),
         });
         let link = tokio::spawn(link(shared.clone(), client));
         Ok((Self { shared }, link))
+    }
+
+    /// This node's fan-out, which delivers what the subscription receives.
+    pub fn fanout(&self) -> &Fanout {
+        &self.shared.fanout
     }
 
     /// Whether pushes currently travel through Redis.
@@ -98,8 +106,10 @@ impl RedisBus {
                 }
             }
         }
+        let matched = shared.hub.count(&push.target);
+        let queued = shared.fanout.push(push).await;
         Published {
-            delivered: deliver_local(&shared.hub, &shared.metrics, &push).delivered,
+            delivered: if queued { matched } else { 0 },
             cluster_wide: false,
         }
     }
@@ -118,7 +128,7 @@ async fn link(shared: Arc<Shared>, client: redis::Client) {
                 shared.metrics.redis_reconnects.inc();
                 log::info!("bus subscribed to {}", shared.channel);
                 while let Some(message) = messages.next().await {
-                    on_message(&shared, message.get_payload_bytes());
+                    on_message(&shared, message.get_payload_bytes()).await;
                 }
                 shared.subscribed.store(false, Ordering::Relaxed);
                 if let Ok(mut publisher) = shared.publisher.lock() {
@@ -161,12 +171,12 @@ async fn subscribe(
     Ok(pubsub.into_on_message())
 }
 
-fn on_message(shared: &Shared, bytes: &[u8]) {
+async fn on_message(shared: &Shared, bytes: &[u8]) {
     match decode(bytes) {
         Some((push, sent_micros)) => {
             let elapsed = unix_micros().saturating_sub(sent_micros);
             shared.metrics.bus_latency.observe(elapsed as f64 / 1e6);
-            deliver_local(&shared.hub, &shared.metrics, &push);
+            shared.fanout.push(push).await;
         }
         None => {
             shared.metrics.rejected("bus_message");

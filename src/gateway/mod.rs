@@ -1,9 +1,12 @@
-//! One WebSocket connection: check the upgrade (origin, token, query), register the
-//! connection, then serve it with two parts: the response body is the writer (see
-//! [`writer`]: it streams the connection's outbox to the socket), and one task reads
-//! the client's frames. Pings and timeouts come from the node's [`heartbeat`].
-//! Everything the server sends — pushes, pongs, pings, the close frame — goes
-//! through the outbox, in order.
+//! WebSocket connections: the upgrade (origin, token, query, handshake), then the
+//! connection itself on the bare socket ([`connection`]). Pings and timeouts come
+//! from the node's [`heartbeat`].
+//!
+//! actix's HTTP/1 dispatcher hands every `Upgrade: websocket` request to
+//! [`upgrade_service`] together with the socket, before routing. After the `101`
+//! the dispatcher and its 8 KiB read and write buffers are gone: an idle connection
+//! holds its socket, its outbox and a small task, nothing more (see the README's
+//! Performance section for what that saves).
 //!
 //! Close codes the server sends:
 //!
@@ -11,7 +14,9 @@
 //! |------|--------------------------------------------------------|
 //! | 1000 | the client closed first (echo)                         |
 //! | 1001 | the server is stopping                                 |
-//! | 1007 | a publisher sent a frame that is not a routable object |
+//! | 1002 | the client broke the WebSocket protocol                |
+//! | 1007 | a text frame that is not UTF-8, or a publisher frame   |
+//! |      | that is not a routable object                          |
 //! | 1009 | a message over `server.max_message_bytes`              |
 //! | 4001 | nothing arrived for `heartbeat.idle_timeout_secs`      |
 //! | 4008 | slow consumer: the send queue overflowed, or its       |
@@ -20,33 +25,30 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, ProtocolError};
-use bytes::Bytes;
-use futures_util::StreamExt;
+use actix_codec::Framed;
+use actix_http::body::{BodySize, MessageBody};
+use actix_http::h1;
+use actix_http::header::{self, HeaderMap};
+use actix_http::{ConnectionType, Request, Response};
+use actix_service::{ServiceFactory, fn_factory, fn_service};
+use actix_web::ResponseError;
+use futures_util::SinkExt;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 
 use crate::app::AppState;
 use crate::auth::{Refusal, Role};
-use crate::config::WsPublish;
 use crate::error::ApiError;
-use crate::hub::{ConnId, ConnMeta, Outbox, frame};
-use crate::push::{Ingress, route_json_line};
+use crate::hub::ConnMeta;
 
+mod connection;
 pub mod heartbeat;
-mod writer;
 
 /// Longest page, uid or session name accepted.
 const MAX_NAME_LEN: usize = 128;
-/// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
-const MAX_BOUND_UID_LEN: usize = 64;
-/// `{"type":"pong"}` as a text frame, the answer to the seed client's heartbeat.
-const PONG: Bytes = Bytes::from_static(b"\x81\x0f{\"type\":\"pong\"}");
 
-const NORMAL: u16 = 1000;
-const INVALID: u16 = 1007;
-const TOO_BIG: u16 = 1009;
+/// Paths that take a WebSocket upgrade.
+const WS_PATHS: [&str; 2] = ["/", "/ws"];
 
 /// What the connect URL may carry.
 #[derive(Debug, Default, Deserialize)]
@@ -57,12 +59,156 @@ struct ConnectQuery {
     session: Option<String>,
 }
 
-/// Whether `req` asks for a WebSocket upgrade.
-pub fn is_upgrade(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+/// A connect that passed every check.
+struct Accepted {
+    meta: ConnMeta,
+    role: Role,
+}
+
+/// The service actix's HTTP/1 dispatcher calls with each WebSocket upgrade request
+/// and its socket.
+pub fn upgrade_service(
+    state: Arc<AppState>,
+) -> impl ServiceFactory<
+    (Request, Framed<TcpStream, h1::Codec>),
+    Config = (),
+    Response = (),
+    Error = actix_http::Error,
+    InitError = (),
+> {
+    fn_factory(move || {
+        let state = state.clone();
+        async move {
+            Ok(fn_service(
+                move |(request, framed): (Request, Framed<TcpStream, h1::Codec>)| {
+                    upgrade(state.clone(), request, framed)
+                },
+            ))
+        }
+    })
+}
+
+/// Answers one upgrade request: `101` and the connection's task, or the refusal as
+/// JSON (like every other HTTP error) and the socket closed.
+async fn upgrade(
+    state: Arc<AppState>,
+    request: Request,
+    mut framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), actix_http::Error> {
+    let accepted = match accept(&state, &request) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            refuse(&mut framed, &refusal).await;
+            return Ok(());
+        }
+    };
+    let response = match actix_http::ws::handshake(request.head()) {
+        Ok(mut builder) => builder.finish().drop_body(),
+        Err(e) => {
+            state.metrics.rejected("handshake");
+            let refusal = ApiError::bad_request(format!("websocket handshake failed: {e}"));
+            refuse(&mut framed, &refusal).await;
+            return Ok(());
+        }
+    };
+    if let Err(e) = framed.send((response, BodySize::None).into()).await {
+        log::debug!("upgrade answer not sent: {e}");
+        return Ok(());
+    }
+    let peer = request.head().peer_addr;
+    let parts = framed.into_parts();
+    connection::start(
+        state,
+        accepted.meta,
+        accepted.role,
+        parts.io,
+        &parts.read_buf,
+        peer,
+    );
+    Ok(())
+}
+
+/// Writes `refusal` as the JSON error response and lets the socket close.
+async fn refuse(framed: &mut Framed<TcpStream, h1::Codec>, refusal: &ApiError) {
+    // `error_response` logs the refusal, as for every other HTTP error.
+    let response: Response<_> = refusal.error_response().into();
+    let (mut head, body) = response.into_parts();
+    let body = body.try_into_bytes().unwrap_or_default();
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    // One write: clients read the body only if it comes with the head.
+    let sent = async {
+        framed
+            .feed((head, BodySize::Sized(body.len() as u64)).into())
+            .await?;
+        framed.feed(h1::Message::Chunk(Some(body))).await?;
+        framed.send(h1::Message::Chunk(None)).await
+    };
+    if let Err(e) = sent.await {
+        log::debug!("refusal not sent: {e}");
+    }
+}
+
+/// Every check a connect must pass, in the order a client would fix them.
+fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
+    // Counted here; the refusal is logged once, when it is answered.
+    let reject = |reason: &'static str, error: ApiError| {
+        state.metrics.rejected(reason);
+        error
+    };
+
+    let path = request.path();
+    if !WS_PATHS.contains(&path) {
+        return Err(reject(
+            "handshake",
+            ApiError::not_found(format!("no WebSocket endpoint at {path}; use / or /ws")),
+        ));
+    }
+    check_origin(
+        &state.settings.server.allowed_origins,
+        &request.head().headers,
+    )
+    .map_err(|e| reject("origin", e))?;
+
+    let query: ConnectQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or(""))
+        .map_err(|e| {
+            reject(
+                "query",
+                ApiError::bad_request(format!("bad query string: {e}")),
+            )
+        })?;
+    let role = match state.tokens.connect_role(query.token.as_deref()) {
+        Ok(role) => role,
+        Err(Refusal::MissingToken) => {
+            return Err(reject("token", ApiError::unauthorized("missing token")));
+        }
+        Err(Refusal::UnknownToken) => {
+            return Err(reject("token", ApiError::unauthorized("invalid token")));
+        }
+    };
+    let meta = ConnMeta {
+        page: name("page", query.page).map_err(|e| reject("query", e))?,
+        uid: name("uid", query.uid).map_err(|e| reject("query", e))?,
+        session: name("session", query.session).map_err(|e| reject("query", e))?,
+        connected_at: unix_now(),
+    };
+    Ok(Accepted { meta, role })
+}
+
+/// Browsers always send `Origin`; other services (curl, PHP) do not and are allowed.
+fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    match (allowed.is_empty(), headers.get(header::ORIGIN)) {
+        (false, Some(origin)) => {
+            let origin = origin.to_str().unwrap_or("");
+            if allowed.iter().any(|o| o == origin) {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "origin {origin:?} is not allowed"
+                )))
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 fn name(field: &str, value: Option<String>) -> Result<Option<Arc<str>>, ApiError> {
@@ -82,261 +228,4 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Handles an upgrade request on `/` or `/ws`.
-pub async fn upgrade(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    // Counted here; the refusal is logged once, by `ApiError`'s response.
-    let reject = |reason: &'static str, error: ApiError| {
-        state.metrics.rejected(reason);
-        error
-    };
-
-    let allowed = &state.settings.server.allowed_origins;
-    let origin = req.headers().get(header::ORIGIN);
-    // Browsers always send Origin; other services (curl, PHP) do not and are allowed.
-    if let (false, Some(origin)) = (allowed.is_empty(), origin) {
-        let origin = origin.to_str().unwrap_or("");
-        if !allowed.iter().any(|o| o == origin) {
-            return Err(reject(
-                "origin",
-                ApiError::forbidden(format!("origin {origin:?} is not allowed")),
-            ));
-        }
-    }
-
-    let query: ConnectQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
-        reject(
-            "query",
-            ApiError::bad_request(format!("bad query string: {e}")),
-        )
-    })?;
-    let role = match state.tokens.connect_role(query.token.as_deref()) {
-        Ok(role) => role,
-        Err(Refusal::MissingToken) => {
-            return Err(reject("token", ApiError::unauthorized("missing token")));
-        }
-        Err(Refusal::UnknownToken) => {
-            return Err(reject("token", ApiError::unauthorized("invalid token")));
-        }
-    };
-    let meta = ConnMeta {
-        page: name("page", query.page).map_err(|e| reject("query", e))?,
-        uid: name("uid", query.uid).map_err(|e| reject("query", e))?,
-        session: name("session", query.session).map_err(|e| reject("query", e))?,
-        connected_at: unix_now(),
-    };
-
-    // The handshake and the reading side come from actix-ws; its `Session` is not
-    // used: everything sent goes through the outbox and the response body.
-    let (response, _session, stream) = actix_ws::handle(&req, body).map_err(|e| {
-        reject(
-            "handshake",
-            ApiError::bad_request(format!("websocket handshake failed: {e}")),
-        )
-    })?;
-    let max = state.settings.server.max_message_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-
-    let (id, outbox) = state.hub.open(meta.clone());
-    state.registry.opened(id, &meta);
-    log::debug!(
-        "conn {id} open from {}: page={:?} uid={:?} {role:?}",
-        req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-        meta.page,
-        meta.uid
-    );
-
-    let writer = outbox.clone();
-    let response = response
-        .map_body(|_, handshake_body| writer::Writer::new(writer, handshake_body))
-        .map_into_boxed_body();
-    let connection = Connection {
-        id,
-        role,
-        uid_bound: meta.uid.is_some(),
-        state: state.into_inner(),
-        outbox,
-    };
-    actix_web::rt::spawn(connection.run(stream));
-    Ok(response)
-}
-
-/// How a connection ended, for the log.
-#[derive(Debug)]
-enum Ended {
-    ClientClosed,
-    Disconnected,
-    ServerClosed(u16),
-}
-
-struct Connection {
-    id: ConnId,
-    role: Role,
-    /// A uid is bound (at connect or by the first frame); it never changes after.
-    uid_bound: bool,
-    state: Arc<AppState>,
-    outbox: Arc<Outbox>,
-}
-
-impl Connection {
-    async fn run(mut self, mut stream: actix_ws::AggregatedMessageStream) {
-        match self.serve(&mut stream).await {
-            Ended::ServerClosed(code) => log::debug!("conn {} closed by server ({code})", self.id),
-            ended => log::debug!("conn {} ended: {ended:?}", self.id),
-        }
-        if let Some(meta) = self.state.hub.close(self.id) {
-            self.state.registry.closed(self.id, &meta);
-        }
-    }
-
-    async fn serve(&mut self, stream: &mut actix_ws::AggregatedMessageStream) -> Ended {
-        let mut first_text = true;
-        loop {
-            let message = tokio::select! {
-                biased;
-                code = self.outbox.closed() => return Ended::ServerClosed(code),
-                message = stream.next() => message,
-            };
-            self.outbox.touch();
-            match message {
-                None => return Ended::Disconnected,
-                Some(Err(ProtocolError::Overflow)) => {
-                    self.state.metrics.rejected("too_big");
-                    log::info!(
-                        "conn {} closed: message over server.max_message_bytes",
-                        self.id
-                    );
-                    return self.close(TOO_BIG, "message too big");
-                }
-                // Every other error is a broken connection: same clean-up.
-                Some(Err(e)) => {
-                    log::debug!("conn {} read error: {e}", self.id);
-                    return Ended::Disconnected;
-                }
-                Some(Ok(AggregatedMessage::Text(text))) => {
-                    let first = std::mem::take(&mut first_text);
-                    if let Some(ended) = self.on_text(&text, first).await {
-                        return ended;
-                    }
-                }
-                Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                    self.outbox.offer(&frame::pong(&bytes));
-                }
-                Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {}
-                Some(Ok(AggregatedMessage::Close(reason))) => {
-                    let (code, description) = reason.map_or((NORMAL, String::new()), |r| {
-                        (r.code.into(), r.description.unwrap_or_default())
-                    });
-                    self.outbox
-                        .close_with(code, frame::close(code, &description));
-                    return Ended::ClientClosed;
-                }
-            }
-        }
-    }
-
-    /// Handles one text frame; `Some` ends the connection.
-    async fn on_text(&mut self, text: &str, first: bool) -> Option<Ended> {
-        if text == "heartbeat" || is_ping(text) {
-            self.outbox.offer(&PONG);
-            return None;
-        }
-        if self.may_publish() && text.starts_with('{') {
-            return match route_json_line(text, None) {
-                Ok(push) => {
-                    // Boxed: publishing (in redis mode a Redis round trip) is rare on
-                    // a connection and would otherwise size every connection's task.
-                    Box::pin(self.state.publish(push, Ingress::Publisher)).await;
-                    None
-                }
-                Err(e) => {
-                    self.state.metrics.rejected("publisher_frame");
-                    log::warn!("conn {} publisher frame refused: {e}", self.id);
-                    Some(self.close(INVALID, &format!("not routable: {e}")))
-                }
-            };
-        }
-        if first && !self.uid_bound && is_plain_id(text) {
-            self.uid_bound = true;
-            if let Some(meta) = self.state.hub.bind_uid(self.id, Arc::from(text)) {
-                self.state.registry.updated(self.id, &meta);
-                log::debug!("conn {} bound uid {text:?} by first frame", self.id);
-            }
-            return None;
-        }
-        log::debug!("conn {} frame ignored ({} bytes)", self.id, text.len());
-        None
-    }
-
-    fn may_publish(&self) -> bool {
-        match self.state.settings.ingress.ws_publish {
-            WsPublish::Any => true,
-            WsPublish::ApiToken => self.role == Role::Publisher,
-            WsPublish::Off => false,
-        }
-    }
-
-    /// Queues the close frame (after whatever is queued) and ends the reading side.
-    fn close(&self, code: u16, description: &str) -> Ended {
-        self.outbox
-            .close_with(code, frame::close(code, description));
-        Ended::ServerClosed(code)
-    }
-}
-
-/// `{"type":"ping"}` (with any spacing).
-fn is_ping(text: &str) -> bool {
-    #[derive(Deserialize)]
-    struct Typed<'a> {
-        #[serde(borrow, rename = "type")]
-        kind: Option<&'a str>,
-    }
-    text.starts_with('{')
-        && text.len() < 64
-        && serde_json::from_str::<Typed<'_>>(text).is_ok_and(|t| t.kind == Some("ping"))
-}
-
-/// A Workerman-style uid frame: short, no whitespace, not JSON, not `heartbeat`.
-fn is_plain_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= MAX_BOUND_UID_LEN
-        && text != "heartbeat"
-        && !text.starts_with(['{', '[', '"'])
-        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_ids_are_short_bare_words() {
-        assert!(is_plain_id("1"));
-        assert!(is_plain_id("uid1"));
-        assert!(!is_plain_id("heartbeat"));
-        assert!(!is_plain_id(r#"{"type":"ping"}"#));
-        assert!(!is_plain_id("two words"));
-        assert!(!is_plain_id(&"x".repeat(65)));
-    }
-
-    #[test]
-    fn ping_is_recognised_in_json() {
-        assert!(is_ping(r#"{"type":"ping"}"#));
-        assert!(is_ping(r#"{ "type" : "ping" }"#));
-        assert!(!is_ping(r#"{"type":"pong"}"#));
-        assert!(!is_ping("ping"));
-    }
-
-    #[test]
-    fn pong_is_the_text_frame_of_the_seed_reply() {
-        assert_eq!(frame::text(r#"{"type":"pong"}"#), PONG);
-    }
 }

@@ -1,24 +1,22 @@
 //! This node's open connections, indexed by page and by uid, and the fan-out.
 //!
-//! The hub knows nothing of HTTP or Redis: it maps targets to outboxes.
-//! [`Hub::deliver`] frames the payload once ([`frame`]), takes a read lock, offers the
-//! shared frame to every matching outbox (a reference-count bump and a queue push
-//! each) and returns; it never waits for a client. Opens and closes take the write
-//! lock briefly.
+//! The hub knows nothing of HTTP or Redis: it maps targets to outboxes. Each outbox
+//! belongs to the fan-out worker of the thread serving its connection; a push is
+//! framed once ([`frame`]) and every worker offers the shared frame to its own
+//! matching outboxes ([`Hub::collect`]), never waiting for a client. Opens and
+//! closes take the write lock briefly.
 //!
 //! `std::sync::RwLock` rather than tokio's: no guard is ever held across an `.await`,
 //! and fan-outs from several threads proceed in parallel under the read lock.
 
 pub mod frame;
 mod outbox;
-mod wake;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use outbox::{CloseReason, Offer, Outbox};
-pub use wake::WakeBatch;
+pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
 
 use crate::push::{Push, Target};
 
@@ -58,10 +56,52 @@ struct State {
     by_uid: HashMap<Arc<str>, Members>,
 }
 
+impl State {
+    fn for_each_match(&self, target: &Target, mut f: impl FnMut(&Arc<Outbox>)) {
+        match target {
+            Target::All => self.conns.values().for_each(|c| f(&c.outbox)),
+            Target::Page(page) => {
+                if let Some(members) = self.by_page.get(page) {
+                    members.values().for_each(f);
+                }
+            }
+            Target::Uid(uid) => {
+                if let Some(members) = self.by_uid.get(uid) {
+                    members.values().for_each(f);
+                }
+            }
+        }
+    }
+}
+
+impl Delivery {
+    /// Offers `frame` to `outbox` and counts the outcome.
+    pub fn offer(&mut self, outbox: &Outbox, frame: &bytes::Bytes) {
+        match outbox.offer(frame) {
+            Offer::Queued => self.delivered += 1,
+            Offer::Overflowed => self.slow_consumers += 1,
+            Offer::Closed => {}
+        }
+    }
+}
+
 struct Shared {
     state: RwLock<State>,
     next_id: AtomicU64,
+    /// Sockets no longer in the indexes that are still finishing their close.
+    closing: AtomicUsize,
     queue_limit_bytes: usize,
+}
+
+/// See [`Hub::closing_guard`].
+pub struct ClosingGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ClosingGuard {
+    fn drop(&mut self) {
+        self.shared.closing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Cheap-to-clone handle to this node's connections.
@@ -92,6 +132,7 @@ impl Hub {
             shared: Arc::new(Shared {
                 state: RwLock::new(State::default()),
                 next_id: AtomicU64::new(1),
+                closing: AtomicUsize::new(0),
                 queue_limit_bytes,
             }),
         }
@@ -107,10 +148,10 @@ impl Hub {
         self.shared.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a connection and returns its id and the outbox its writer drains.
-    pub fn open(&self, meta: ConnMeta) -> (ConnId, Arc<Outbox>) {
+    /// Adds a connection served by fan-out `worker` and returns its id and outbox.
+    pub fn open(&self, meta: ConnMeta, worker: usize) -> (ConnId, Arc<Outbox>) {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.shared.queue_limit_bytes));
+        let outbox = Arc::new(Outbox::new(self.shared.queue_limit_bytes, worker));
         let mut state = self.write();
         if let Some(page) = &meta.page {
             index(&mut state.by_page, page, id, &outbox);
@@ -155,30 +196,27 @@ impl Hub {
         Some(conn.meta)
     }
 
-    /// Offers `push` to every matching connection on this node, without waiting.
+    /// Offers `push` to every matching connection on this node, whatever worker
+    /// serves it, from the calling thread (tests and benches; the server fans out
+    /// per worker, see [`crate::bus::Fanout`]).
     pub fn deliver(&self, push: &Push) -> Delivery {
         let frame = frame::text(&push.payload);
         let state = self.read();
         let mut delivery = Delivery::default();
-        let mut offer = |outbox: &Outbox| match outbox.offer(&frame) {
-            Offer::Queued => delivery.delivered += 1,
-            Offer::Overflowed => delivery.slow_consumers += 1,
-            Offer::Closed => {}
-        };
-        match &push.target {
-            Target::All => state.conns.values().for_each(|c| offer(&c.outbox)),
-            Target::Page(page) => {
-                if let Some(members) = state.by_page.get(page) {
-                    members.values().for_each(|o| offer(o));
-                }
-            }
-            Target::Uid(uid) => {
-                if let Some(members) = state.by_uid.get(uid) {
-                    members.values().for_each(|o| offer(o));
-                }
-            }
-        }
+        state.for_each_match(&push.target, |outbox| delivery.offer(outbox, &frame));
         delivery
+    }
+
+    /// Replaces `out` with the outboxes of worker `worker` that match `target`; the
+    /// worker then writes to them without holding the hub's lock.
+    pub fn collect(&self, target: &Target, worker: usize, out: &mut Vec<Arc<Outbox>>) {
+        out.clear();
+        let state = self.read();
+        state.for_each_match(target, |outbox| {
+            if outbox.worker() == worker {
+                out.push(outbox.clone());
+            }
+        });
     }
 
     /// Open connections on this node that match `target`.
@@ -198,6 +236,20 @@ impl Hub {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Counts a closed connection whose socket is still finishing its close
+    /// handshake, until the guard is dropped.
+    pub fn closing_guard(&self) -> ClosingGuard {
+        self.shared.closing.fetch_add(1, Ordering::Relaxed);
+        ClosingGuard {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// No connection open, and none still closing (graceful stop).
+    pub fn is_drained(&self) -> bool {
+        self.is_empty() && self.shared.closing.load(Ordering::Relaxed) == 0
     }
 
     /// Connections per page on this node (connections without a page are not listed).
@@ -262,9 +314,9 @@ mod tests {
     #[test]
     fn delivers_by_page_uid_and_all() {
         let hub = Hub::new(1 << 20);
-        let (_, home) = hub.open(meta(Some("home"), Some("7")));
-        let (_, home2) = hub.open(meta(Some("home"), None));
-        let (_, list) = hub.open(meta(Some("list"), Some("7")));
+        let (_, home) = hub.open(meta(Some("home"), Some("7")), 0);
+        let (_, home2) = hub.open(meta(Some("home"), None), 0);
+        let (_, list) = hub.open(meta(Some("list"), Some("7")), 0);
 
         let page = hub.deliver(&Push::new(Target::Page("home".into()), "h"));
         assert_eq!(page.delivered, 2);
@@ -281,8 +333,8 @@ mod tests {
     #[test]
     fn close_and_bind_keep_indexes_exact() {
         let hub = Hub::new(1 << 20);
-        let (a, _) = hub.open(meta(Some("home"), None));
-        let (b, _) = hub.open(meta(Some("home"), None));
+        let (a, _) = hub.open(meta(Some("home"), None), 0);
+        let (b, _) = hub.open(meta(Some("home"), None), 0);
         assert!(hub.bind_uid(a, "u1".into()).is_some());
         assert!(
             hub.bind_uid(a, "u2".into()).is_none(),

@@ -1,30 +1,37 @@
-//! One connection's outbound queue: bounded in bytes, filled by the fan-out without
-//! ever waiting, drained by the connection's writer (its response body, polled by the
-//! HTTP dispatcher that owns the socket) as fast as the socket takes bytes.
+//! One connection's outbound side: a queue bounded in bytes in front of its socket.
 //!
-//! Frames are queued already encoded and shared ([`super::frame`]): an offer is a
-//! reference-count bump and a queue push. The writer takes every queued frame in one
-//! wake-up, so frames that piled up while the client was busy leave in one write.
+//! A frame offered to an idle connection goes straight into the socket: the fan-out
+//! writes it with one non-blocking `write`, on the thread that owns the connection,
+//! and nobody is woken. Only when the kernel's send buffer is full (or frames are
+//! already waiting) is the frame queued; the connection's task then waits until the
+//! socket drains and writes everything queued in one vectored write. So a push to an
+//! idle page costs each connection one syscall and no allocation, and a slow client
+//! costs its own queue, never anyone else's time.
 //!
-//! A `std::sync::Mutex` is right here: it guards a few pointer moves, is never held
-//! across an `.await`, and is contended only by one producer at a time against the
-//! one consumer.
+//! Frames are queued already encoded and shared ([`super::frame`]): a queued frame is
+//! a reference-count bump. Whoever writes holds the lock for the duration of that
+//! non-blocking write, so bytes of two frames never interleave.
+//!
+//! A `std::sync::Mutex` is right here: it is never held across an `.await`, and is
+//! taken by the connection's own thread except for the heartbeat's pings and closes.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use super::frame;
-use super::wake::WakeBatch;
 
 /// Bookkeeping cost charged per queued frame on top of its bytes, so that a flood
 /// of empty frames is bounded too.
 const FRAME_OVERHEAD: usize = 64;
+
+/// Frames handed to the kernel in one vectored write at most.
+const WRITE_BATCH: usize = 64;
 
 /// Whole seconds since the first call: the coarse clock of `last_seen`, small enough
 /// for an atomic and plenty for timeouts counted in seconds.
@@ -32,6 +39,16 @@ fn now_secs() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let secs = EPOCH.get_or_init(Instant::now).elapsed().as_secs();
     u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// The socket side of an outbox: a non-blocking vectored write. The gateway
+/// implements it for the connection's TCP stream.
+pub trait Wire: Send + Sync {
+    /// Writes what the socket takes now of `buf`; `WouldBlock` when it takes nothing.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// [`Wire::try_write`] for several buffers at once.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
 /// Why the server closes a connection; each maps to a WebSocket close code.
@@ -66,28 +83,48 @@ impl CloseReason {
 /// Result of offering a frame to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
+    /// Written to the socket, or queued behind frames that are.
     Queued,
     /// The queue was full: it has been emptied and the connection marked for close.
     Overflowed,
-    /// The connection is already closing.
+    /// The connection is already closing, or its socket broke.
     Closed,
+}
+
+/// What a [`Outbox::flush`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued is written; nothing more to do until the next offer.
+    Idle,
+    /// The socket took less than was queued: wait until it can take more.
+    Blocked,
+    /// The close frame is written (with this code): the connection is over.
+    Closed(u16),
+    /// The socket failed: the connection is gone.
+    Broken,
 }
 
 /// The close frame a closing connection sends after its queued frames.
 struct Closing {
     code: u16,
+    /// What is left to write of the close frame.
     frame: Bytes,
     sent: bool,
 }
 
 #[derive(Default)]
 struct State {
+    /// Frames waiting; the first one may be partly written already.
     frames: VecDeque<Bytes>,
+    /// The first frame is partly written and must be finished before anything else.
+    front_started: bool,
     bytes: usize,
     closing: Option<Closing>,
-    /// The writer, when it found nothing to send.
+    /// A write failed: nothing more will be written.
+    broken: bool,
+    /// The connection's task, woken when it has something to write.
     writer: Option<Waker>,
-    /// Frames the writer has taken so far; a stall shows as no progress.
+    /// Frames the socket has taken so far; a stall shows as no progress.
     taken: u64,
     /// `taken` at the previous [`Outbox::stalled_checks`], and how many checks in a
     /// row found frames waiting and no progress.
@@ -95,42 +132,152 @@ struct State {
     stalled_checks: u32,
 }
 
-/// Outbound queue of one connection.
+impl State {
+    /// Something is waiting for the socket (queued frames or an unsent close frame).
+    fn has_pending(&self) -> bool {
+        !self.frames.is_empty() || self.closing.as_ref().is_some_and(|c| !c.sent)
+    }
+
+    /// The socket failed: the connection's task will end the connection.
+    fn mark_broken(&mut self) -> Offer {
+        self.broken = true;
+        self.wake_writer();
+        Offer::Closed
+    }
+
+    fn wake_writer(&mut self) {
+        if let Some(writer) = &self.writer {
+            writer.wake_by_ref();
+        }
+    }
+
+    /// Writes queued frames, then the close frame, until done or the socket is full.
+    fn write_pending(&mut self, wire: &dyn Wire) -> Flush {
+        if self.broken {
+            return Flush::Broken;
+        }
+        loop {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+                let mut n = 0;
+                for frame in self.frames.iter().take(WRITE_BATCH) {
+                    slices[n] = IoSlice::new(frame);
+                    n += 1;
+                }
+                let close_included = n < WRITE_BATCH
+                    && n == self.frames.len()
+                    && match &self.closing {
+                        Some(closing) if !closing.sent => {
+                            slices[n] = IoSlice::new(&closing.frame);
+                            n += 1;
+                            true
+                        }
+                        _ => false,
+                    };
+                if n == 0 {
+                    return match &self.closing {
+                        Some(closing) => Flush::Closed(closing.code),
+                        None => Flush::Idle,
+                    };
+                }
+                // One buffer goes through `send`, cheaper in the kernel than `writev`.
+                let written = match n {
+                    1 => wire.try_write(&slices[0]),
+                    _ => wire.try_write_vectored(&slices[..n]),
+                };
+                written.map(|written| (written, close_included))
+            };
+            match result {
+                Ok((0, _)) => {
+                    self.broken = true;
+                    return Flush::Broken;
+                }
+                Ok((written, close_included)) => self.consume(written, close_included),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.broken = true;
+                    return Flush::Broken;
+                }
+            }
+        }
+    }
+
+    /// Drops what the socket took: `written` bytes from the front of the queue, then
+    /// of the close frame when it was part of the write.
+    fn consume(&mut self, mut written: usize, close_included: bool) {
+        while written > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
+            if written < front.len() {
+                *front = front.slice(written..);
+                self.bytes -= written;
+                self.front_started = true;
+                return;
+            }
+            written -= front.len();
+            self.bytes -= front.len() + FRAME_OVERHEAD;
+            self.frames.pop_front();
+            self.front_started = false;
+            self.taken += 1;
+        }
+        if let (true, Some(closing)) = (close_included && written > 0, &mut self.closing) {
+            if written < closing.frame.len() {
+                closing.frame = closing.frame.slice(written..);
+            } else {
+                closing.sent = true;
+            }
+        }
+    }
+
+    /// Drops queued frames that have not started (a partly written frame must be
+    /// finished, or the byte stream would be corrupt).
+    fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.front_started);
+        while self.frames.len() > keep {
+            if let Some(frame) = self.frames.pop_back() {
+                self.bytes -= frame.len() + FRAME_OVERHEAD;
+            }
+        }
+    }
+}
+
+/// Outbound side of one connection.
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the connection's reader task when a close is requested.
-    closed: Notify,
-    /// Where the writer is woken from, when it lives on another thread's batch.
-    wake_batch: OnceLock<Arc<WakeBatch>>,
+    /// The socket, once the connection is established; without it (tests, benches)
+    /// frames only queue and are taken with [`Outbox::try_next`].
+    wire: OnceLock<Arc<dyn Wire>>,
     /// When something last arrived from the client ([`now_secs`]).
     last_seen: AtomicU32,
     limit_bytes: usize,
+    /// The fan-out worker that writes to this connection (the thread serving it).
+    worker: usize,
 }
 
 impl Outbox {
-    pub fn new(limit_bytes: usize) -> Self {
+    pub fn new(limit_bytes: usize, worker: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            closed: Notify::new(),
-            wake_batch: OnceLock::new(),
+            wire: OnceLock::new(),
             last_seen: AtomicU32::new(now_secs()),
             limit_bytes,
+            worker,
         }
     }
 
-    /// Wakes the writer through `batch` (its thread's flusher) from now on.
-    pub fn wake_writer_through(&self, batch: Arc<WakeBatch>) {
-        let _ = self.wake_batch.set(batch);
+    /// Connects the outbox to its socket; frames offered from now on are written.
+    pub fn attach(&self, wire: Arc<dyn Wire>) {
+        let _ = self.wire.set(wire);
     }
 
-    fn wake_writer(&self, writer: Waker) {
-        match self.wake_batch.get() {
-            Some(batch) => batch.defer(writer),
-            None => writer.wake(),
-        }
+    /// The fan-out worker serving this connection.
+    pub fn worker(&self) -> usize {
+        self.worker
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding this lock cannot leave the queue in a
         // state worse than "some frames"; keep serving rather than poison-cascade.
         self.state
@@ -138,59 +285,67 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues an encoded `frame` without waiting. Never blocks on the client.
+    /// Writes or queues an encoded `frame` without waiting. Never blocks on the client.
     pub fn offer(&self, frame: &Bytes) -> Offer {
-        let cost = frame.len() + FRAME_OVERHEAD;
-        let mut state = self.lock();
-        if state.closing.is_some() {
+        let state = self.lock();
+        if state.closing.is_some() || state.broken {
             return Offer::Closed;
         }
+        match self.wire.get() {
+            // Nothing ahead of it: straight into the socket.
+            Some(wire) if state.frames.is_empty() => self.write_now(state, wire.as_ref(), frame),
+            _ => self.queue(state, frame),
+        }
+    }
+
+    fn write_now(&self, mut state: MutexGuard<'_, State>, wire: &dyn Wire, frame: &Bytes) -> Offer {
+        match wire.try_write(frame) {
+            Ok(n) if n == frame.len() => {
+                state.taken += 1;
+                Offer::Queued
+            }
+            Ok(0) => state.mark_broken(),
+            Ok(n) => {
+                // The socket is full: the rest waits for the connection's task.
+                state.frames.push_back(frame.slice(n..));
+                state.front_started = true;
+                state.bytes += frame.len() - n + FRAME_OVERHEAD;
+                state.wake_writer();
+                Offer::Queued
+            }
+            Err(e) if is_transient(&e) => self.queue(state, frame),
+            Err(_) => state.mark_broken(),
+        }
+    }
+
+    fn queue(&self, mut state: MutexGuard<'_, State>, frame: &Bytes) -> Offer {
+        let cost = frame.len() + FRAME_OVERHEAD;
         if state.bytes + cost > self.limit_bytes {
-            state.frames = VecDeque::new();
-            state.bytes = 0;
-            self.start_closing(
-                state,
-                CloseReason::SlowConsumer.code(),
-                close_frame(CloseReason::SlowConsumer),
-            );
+            start_closing(&mut state, CloseReason::SlowConsumer.code(), slow_close());
             return Offer::Overflowed;
         }
+        let was_idle = !state.has_pending();
         state.frames.push_back(frame.clone());
         state.bytes += cost;
-        let writer = state.writer.take();
-        drop(state);
-        if let Some(writer) = writer {
-            self.wake_writer(writer);
+        if was_idle {
+            state.wake_writer();
         }
         Offer::Queued
     }
 
     /// Asks the connection to close with `reason`; frames already queued are sent
-    /// first. The first close requested wins.
+    /// first, except to a slow consumer, who gets the close frame as soon as the
+    /// socket takes it. The first close requested wins.
     pub fn close(&self, reason: CloseReason) {
         self.close_with(reason.code(), close_frame(reason));
     }
 
     /// Like [`Outbox::close`] with any close `code` and the encoded close `frame`.
     pub fn close_with(&self, code: u16, frame: Bytes) {
-        let state = self.lock();
+        let mut state = self.lock();
         if state.closing.is_none() {
-            self.start_closing(state, code, frame);
+            start_closing(&mut state, code, frame);
         }
-    }
-
-    fn start_closing(&self, mut state: std::sync::MutexGuard<'_, State>, code: u16, frame: Bytes) {
-        state.closing = Some(Closing {
-            code,
-            frame,
-            sent: false,
-        });
-        let writer = state.writer.take();
-        drop(state);
-        if let Some(writer) = writer {
-            self.wake_writer(writer);
-        }
-        self.closed.notify_one();
     }
 
     /// The close code once a close was requested.
@@ -198,26 +353,37 @@ impl Outbox {
         self.lock().closing.as_ref().map(|c| c.code)
     }
 
-    /// Resolves once a close was requested (for the task that reads the client).
-    pub async fn closed(&self) -> u16 {
-        loop {
-            if let Some(code) = self.closing() {
-                return code;
-            }
-            // `notify_one` leaves a permit when nobody waits, so a close between
-            // the check above and this await is not missed.
-            self.closed.notified().await;
+    /// The connection task's side: remembers `waker` to be woken when there is
+    /// something to write (a frame queued behind a full socket, a close).
+    pub fn set_writer(&self, waker: &Waker) {
+        let mut state = self.lock();
+        match &state.writer {
+            Some(current) if current.will_wake(waker) => {}
+            _ => state.writer = Some(waker.clone()),
         }
     }
 
-    /// The next frame to write: queued frames in order, then the close frame once
-    /// a close was requested; `None` after that.
-    pub fn try_next(&self) -> Option<Bytes> {
-        let mut state = self.lock();
-        Self::next_locked(&mut state)
+    /// Whether the connection's task has work: frames or a close frame waiting for
+    /// the socket, or a broken socket to give up on.
+    pub fn wants_flush(&self) -> bool {
+        let state = self.lock();
+        state.has_pending() || state.broken
     }
 
-    fn next_locked(state: &mut State) -> Option<Bytes> {
+    /// The connection task's side, when the socket can take bytes: writes what is
+    /// queued, then the close frame once a close was requested.
+    pub fn flush(&self) -> Flush {
+        let mut state = self.lock();
+        match self.wire.get() {
+            Some(wire) => state.write_pending(wire.as_ref()),
+            None => Flush::Blocked,
+        }
+    }
+
+    /// Without a socket (tests, benches): the next frame a writer would send,
+    /// queued frames in order then the close frame; `None` after that.
+    pub fn try_next(&self) -> Option<Bytes> {
+        let mut state = self.lock();
         if let Some(frame) = state.frames.pop_front() {
             state.bytes -= frame.len() + FRAME_OVERHEAD;
             state.taken += 1;
@@ -232,23 +398,6 @@ impl Outbox {
         }
     }
 
-    /// The writer's side: `Ready(Some(frame))` to write, `Ready(None)` when the
-    /// close frame has gone and the stream ends, `Pending` until there is more.
-    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let mut state = self.lock();
-        if let Some(frame) = Self::next_locked(&mut state) {
-            return Poll::Ready(Some(frame));
-        }
-        if state.closing.is_some() {
-            return Poll::Ready(None);
-        }
-        match &state.writer {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.writer = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
     /// Records that something arrived from the client.
     pub fn touch(&self) {
         self.last_seen.store(now_secs(), Ordering::Relaxed);
@@ -260,7 +409,7 @@ impl Outbox {
     }
 
     /// Called at a steady pace by the heartbeat: how many calls in a row found
-    /// frames waiting while the writer took none (the client stopped reading).
+    /// frames waiting while the socket took none (the client stopped reading).
     pub fn stalled_checks(&self) -> u32 {
         let mut state = self.lock();
         if state.frames.is_empty() || state.taken != state.taken_at_check {
@@ -278,8 +427,33 @@ impl Outbox {
     }
 }
 
+fn start_closing(state: &mut State, code: u16, frame: Bytes) {
+    if code == CloseReason::SlowConsumer.code() {
+        // A client that stopped reading gets no more of what it did not read.
+        state.drop_unstarted();
+    }
+    state.closing = Some(Closing {
+        code,
+        frame,
+        sent: false,
+    });
+    state.wake_writer();
+}
+
+/// Errors after which the write may be retried once the socket drains.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 fn close_frame(reason: CloseReason) -> Bytes {
     frame::close(reason.code(), reason.description())
+}
+
+fn slow_close() -> Bytes {
+    close_frame(CloseReason::SlowConsumer)
 }
 
 #[cfg(test)]
@@ -295,10 +469,57 @@ mod tests {
             .collect()
     }
 
+    /// A socket whose send buffer takes `room` more bytes, then `WouldBlock`.
+    #[derive(Default)]
+    struct Buffer {
+        room: Mutex<usize>,
+        sent: Mutex<Vec<u8>>,
+    }
+
+    impl Buffer {
+        fn open(&self, bytes: usize) {
+            *self.room.lock().unwrap() += bytes;
+        }
+
+        fn sent_texts(&self) -> Vec<String> {
+            let sent = self.sent.lock().unwrap();
+            let mut rest = &sent[..];
+            let mut texts = Vec::new();
+            while let Some((_, payload)) = frame::parse(rest) {
+                texts.push(String::from_utf8_lossy(payload).into_owned());
+                rest = &rest[2 + payload.len()..];
+            }
+            assert!(rest.is_empty(), "a frame was cut: {rest:?}");
+            texts
+        }
+    }
+
+    impl Wire for Buffer {
+        fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+            self.try_write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut sent = self.sent.lock().unwrap();
+            let mut written = 0;
+            for buf in bufs {
+                let n = buf.len().min(*room);
+                sent.extend_from_slice(&buf[..n]);
+                *room -= n;
+                written += n;
+            }
+            Ok(written)
+        }
+    }
+
     #[test]
     fn overflow_empties_the_queue_and_ends_with_4008() {
         let one = frame::text("0123456789");
-        let outbox = Outbox::new(3 * (one.len() + FRAME_OVERHEAD));
+        let outbox = Outbox::new(3 * (one.len() + FRAME_OVERHEAD), 0);
         for _ in 0..3 {
             assert_eq!(outbox.offer(&one), Offer::Queued);
         }
@@ -313,7 +534,7 @@ mod tests {
 
     #[test]
     fn queued_frames_go_before_the_close_frame() {
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, 0);
         for i in 0..5 {
             outbox.offer(&frame::text(&i.to_string()));
         }
@@ -328,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_stall_is_waiting_frames_without_progress() {
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, 0);
         assert_eq!(outbox.stalled_checks(), 0, "nothing waits");
         outbox.offer(&frame::text("a"));
         assert_eq!(outbox.stalled_checks(), 1);
@@ -337,5 +558,42 @@ mod tests {
         outbox.try_next();
         assert_eq!(outbox.stalled_checks(), 0, "the writer took one");
         assert_eq!(outbox.stalled_checks(), 1);
+    }
+
+    #[test]
+    fn an_idle_socket_is_written_at_once_and_a_full_one_queues_in_order() {
+        let wire = Arc::new(Buffer::default());
+        let outbox = Outbox::new(1 << 20, 0);
+        outbox.attach(wire.clone());
+        wire.open(3);
+        assert_eq!(outbox.offer(&frame::text("first")), Offer::Queued);
+        assert!(outbox.wants_flush(), "4 of 7 bytes wait");
+        outbox.offer(&frame::text("second"));
+        outbox.offer(&frame::text("third"));
+        assert_eq!(outbox.flush(), Flush::Blocked);
+        wire.open(10);
+        assert_eq!(outbox.flush(), Flush::Blocked, "the socket filled again");
+        wire.open(1 << 10);
+        assert_eq!(outbox.flush(), Flush::Idle);
+        assert_eq!(wire.sent_texts(), ["first", "second", "third"]);
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_slow_consumer_keeps_only_the_frame_it_started() {
+        let wire = Arc::new(Buffer::default());
+        let outbox = Outbox::new(1 << 20, 0);
+        outbox.attach(wire.clone());
+        wire.open(2);
+        outbox.offer(&frame::text("started"));
+        outbox.offer(&frame::text("never sent"));
+        outbox.close(CloseReason::SlowConsumer);
+        wire.open(1 << 10);
+        assert_eq!(outbox.flush(), Flush::Closed(4008));
+        let sent = wire.sent_texts();
+        assert_eq!(sent[0], "started");
+        assert!(sent[1].ends_with("slow consumer"));
+        assert_eq!(sent.len(), 2);
+        assert_eq!(outbox.offer(&frame::text("late")), Offer::Closed);
     }
 }

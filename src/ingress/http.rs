@@ -10,7 +10,6 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::gateway;
 use crate::push::{Ingress, Push, Target};
 use crate::scenes::Params;
 
@@ -22,29 +21,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/stats", web::get().to(stats));
 }
 
-/// `/` serves both the WebSocket upgrade and the func trigger, as the seeds do.
-async fn root(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    if gateway::is_upgrade(&req) {
-        return gateway::upgrade(req, body, state).await;
-    }
+/// `/` serves both the WebSocket upgrade and the func trigger, as the seeds do; the
+/// upgrades never get here (the gateway takes them before routing).
+async fn root(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     trigger(&req, &state).await
 }
 
-async fn ws_only(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    if !gateway::is_upgrade(&req) {
-        return Err(ApiError::bad_request(
-            "this endpoint takes WebSocket upgrades only",
-        ));
-    }
-    gateway::upgrade(req, body, state).await
+/// A plain request to the WebSocket endpoint (upgrades go to the gateway).
+async fn ws_only() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::bad_request(
+        "this endpoint takes WebSocket upgrades only",
+    ))
 }
 
 /// The API token from `Authorization: Bearer ...`, else from `?token=`.

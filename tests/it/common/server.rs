@@ -38,6 +38,8 @@ impl TestServer {
     }
 
     pub async fn start_with(settings: Settings) -> Self {
+        // RUST_LOG=debug shows the server's log under `--nocapture`.
+        let _ = env_logger::builder().is_test(true).try_init();
         let running = scenecast::start(settings).await.expect("server starts");
         TestServer {
             addr: running.http_addr,
