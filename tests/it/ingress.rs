@@ -26,28 +26,6 @@ async fn text_client(server: &TestServer) -> TextClient {
     TextClient::connect(server.text_addr.expect("text port on")).await
 }
 
-async fn metrics(server: &TestServer) -> String {
-    server
-        .http
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
-/// The value of `scenecast_rejected_total{reason=...}` (0 when absent).
-async fn rejected(server: &TestServer, reason: &str) -> u64 {
-    let needle = format!("scenecast_rejected_total{{reason=\"{reason}\"}} ");
-    metrics(server)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 async fn uid_connections(server: &TestServer, uid: &str) -> u64 {
     let (_, body) = server
         .get_json(&format!("/api/presence?uid={uid}&token={API_TOKEN}"))
@@ -122,7 +100,7 @@ async fn a_text_token_is_required_and_never_forwarded() {
     );
     let frame = home.recv_json().await;
     assert_eq!(frame, json!({"page": "home", "n": 3}));
-    assert_eq!(rejected(&server, "text_token").await, 2);
+    assert_eq!(server.rejected("text_token").await, 2);
     server.stop().await;
 }
 
@@ -174,10 +152,10 @@ async fn bad_lines_get_fail_and_disturb_nobody() {
     );
     sync(&mut home).await;
 
-    assert_eq!(rejected(&server, "text_json").await, 3);
-    assert_eq!(rejected(&server, "text_target").await, 2);
-    assert_eq!(rejected(&server, "text_encoding").await, 1);
-    assert_eq!(rejected(&server, "text_too_big").await, 1);
+    assert_eq!(server.rejected("text_json").await, 3);
+    assert_eq!(server.rejected("text_target").await, 2);
+    assert_eq!(server.rejected("text_encoding").await, 1);
+    assert_eq!(server.rejected("text_too_big").await, 1);
     server.stop().await;
 }
 
@@ -202,7 +180,7 @@ async fn a_half_written_line_is_never_pushed() {
     gone.write(br#"{"page":"home","n":2"#).await;
     drop(gone);
     eventually("both unfinished lines counted", || async {
-        (rejected(&server, "text_unfinished").await == 2).then_some(())
+        (server.rejected("text_unfinished").await == 2).then_some(())
     })
     .await;
 
@@ -369,13 +347,14 @@ async fn udp_datagrams_are_routed_and_bad_ones_counted() {
     // before it have been refused, and none of them reached anyone.
     assert_eq!(u1.recv_text().await, r#"{"order_num":1234}"#);
     assert_eq!(home.recv_text().await, r#"{"order_num":1234}"#);
-    assert_eq!(rejected(&server, "udp_json").await, 2);
-    assert_eq!(rejected(&server, "udp_target").await, 1);
-    assert_eq!(rejected(&server, "udp_encoding").await, 1);
-    assert_eq!(rejected(&server, "udp_too_big").await, 1);
-    assert_eq!(rejected(&server, "udp_empty").await, 1);
+    assert_eq!(server.rejected("udp_json").await, 2);
+    assert_eq!(server.rejected("udp_target").await, 1);
+    assert_eq!(server.rejected("udp_encoding").await, 1);
+    assert_eq!(server.rejected("udp_too_big").await, 1);
+    assert_eq!(server.rejected("udp_empty").await, 1);
     assert!(
-        metrics(&server)
+        server
+            .metrics()
             .await
             .contains("scenecast_pushes_total{ingress=\"udp\"} 3"),
         "three datagrams became pushes"
@@ -396,7 +375,7 @@ async fn udp_datagrams_need_the_text_token_when_one_is_set() {
     udp_send(udp, br#"{"page":"home","n":1}"#);
     udp_send(udp, br#"{"page":"home","n":2,"token":"inner-secret"}"#);
     assert_eq!(home.recv_json().await, json!({"page": "home", "n": 2}));
-    assert_eq!(rejected(&server, "udp_token").await, 1);
+    assert_eq!(server.rejected("udp_token").await, 1);
     server.stop().await;
 }
 

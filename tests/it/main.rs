@@ -10,4 +10,5 @@ mod config;
 mod ingress;
 mod pages;
 mod profiles;
+mod protocol;
 mod router;

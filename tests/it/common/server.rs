@@ -92,6 +92,28 @@ impl TestServer {
             .await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.http_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of `scenecast_rejected_total{reason=...}` (0 when absent).
+    pub async fn rejected(&self, reason: &str) -> u64 {
+        let needle = format!("scenecast_rejected_total{{reason=\"{reason}\"}} ");
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {

@@ -146,18 +146,27 @@ pub struct SilentClient {
 impl SilentClient {
     /// Performs the upgrade for `path_and_query` on `addr` by hand.
     pub async fn connect(addr: std::net::SocketAddr, path_and_query: &str) -> Self {
+        Self::connect_sending(addr, path_and_query, &[]).await
+    }
+
+    /// Like [`SilentClient::connect`], with `early` (client frames) written in the same
+    /// packet as the upgrade request, before the server's answer.
+    pub async fn connect_sending(
+        addr: std::net::SocketAddr,
+        path_and_query: &str,
+        early: &[u8],
+    ) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("tcp connect");
-        let request = format!(
+        let mut request = format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("send upgrade");
+        )
+        .into_bytes();
+        request.extend_from_slice(early);
+        stream.write_all(&request).await.expect("send upgrade");
         let mut buffer = Vec::new();
         let mut chunk = [0u8; 4096];
         let end = loop {
@@ -188,6 +197,12 @@ impl SilentClient {
             }
         }
         true
+    }
+
+    /// Writes raw bytes (frames made with [`client_frame`]).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write frame");
     }
 
     /// The next frame's opcode and payload, or `None` when the socket ended.
@@ -245,4 +260,30 @@ impl SilentClient {
             }
         }
     }
+}
+
+/// A client frame as a browser sends it: masked (RFC 6455 §5.3), with `fin` and
+/// `opcode` as given; `masked: false` makes the protocol error servers must refuse.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
 }
