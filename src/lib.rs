@@ -1,8 +1,9 @@
 //! scenecast: a real-time push server. Browsers keep a WebSocket open tagged with a
 //! page and optionally a user id; back offices push to a page, a user or everyone.
 //!
-//! Data path: ingress → [`push::Push`] → [`bus::Bus`] → [`hub::Hub`] → per-connection
-//! outbox → WebSocket writer. Connection metadata goes to the [`registry`] on the side.
+//! Data path: ingress → [`push::Push`] → [`bus::Bus`] → [`bus::Fanout`] (one per HTTP
+//! worker) → [`hub::Hub`] lookup → each connection's [`hub::Outbox`] → its socket.
+//! Connection metadata goes to the [`registry`] on the side.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

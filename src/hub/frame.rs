@@ -1,7 +1,7 @@
 //! WebSocket frames exactly as the server puts them on the wire (RFC 6455 §5.2: one
 //! final frame, no mask). A push is framed once here, before the fan-out, so every
-//! connection's queue holds a reference to the same bytes and the writer only copies
-//! them into the socket buffer.
+//! connection is sent the same bytes (or queues a reference to them) and nothing is
+//! encoded per connection.
 //!
 //! This is the one piece of WebSocket knowledge in the hub; the handshake and the
 //! client's frames are the gateway's business.

@@ -77,7 +77,12 @@ impl State {
 impl Delivery {
     /// Offers `frame` to `outbox` and counts the outcome.
     pub fn offer(&mut self, outbox: &Outbox, frame: &bytes::Bytes) {
-        match outbox.offer(frame) {
+        self.count(outbox.offer(frame));
+    }
+
+    /// Counts the outcome of one offer.
+    pub fn count(&mut self, offer: Offer) {
+        match offer {
             Offer::Queued => self.delivered += 1,
             Offer::Overflowed => self.slow_consumers += 1,
             Offer::Closed => {}

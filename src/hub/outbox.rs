@@ -318,6 +318,38 @@ impl Outbox {
         }
     }
 
+    /// Queues `frame` without writing it or waking anyone, for a worker that writes
+    /// several pushes at once. The flag is true when nothing was waiting before: the
+    /// caller then owes the outbox one [`Outbox::flush_or_wake`].
+    pub fn offer_deferred(&self, frame: &Bytes) -> (Offer, bool) {
+        let mut state = self.lock();
+        if state.closing.is_some() || state.broken {
+            return (Offer::Closed, false);
+        }
+        let cost = frame.len() + FRAME_OVERHEAD;
+        if state.bytes + cost > self.limit_bytes {
+            start_closing(&mut state, CloseReason::SlowConsumer.code(), slow_close());
+            return (Offer::Overflowed, false);
+        }
+        let was_idle = !state.has_pending();
+        state.frames.push_back(frame.clone());
+        state.bytes += cost;
+        (Offer::Queued, was_idle)
+    }
+
+    /// Writes what [`Outbox::offer_deferred`] queued, in one vectored write; what the
+    /// socket does not take is left to the connection's task, which is woken for it.
+    pub fn flush_or_wake(&self) {
+        let mut state = self.lock();
+        let flushed = match self.wire.get() {
+            Some(wire) => state.write_pending(wire.as_ref()),
+            None => return,
+        };
+        if flushed != Flush::Idle {
+            state.wake_writer();
+        }
+    }
+
     fn queue(&self, mut state: MutexGuard<'_, State>, frame: &Bytes) -> Offer {
         let cost = frame.len() + FRAME_OVERHEAD;
         if state.bytes + cost > self.limit_bytes {
@@ -577,6 +609,20 @@ mod tests {
         assert_eq!(outbox.flush(), Flush::Idle);
         assert_eq!(wire.sent_texts(), ["first", "second", "third"]);
         assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn deferred_offers_leave_in_one_write() {
+        let wire = Arc::new(Buffer::default());
+        let outbox = Outbox::new(1 << 20, 0);
+        outbox.attach(wire.clone());
+        wire.open(1 << 10);
+        assert_eq!(outbox.offer_deferred(&frame::text("a")), (Offer::Queued, true));
+        assert_eq!(outbox.offer_deferred(&frame::text("b")), (Offer::Queued, false));
+        assert!(wire.sent_texts().is_empty(), "nothing written yet");
+        outbox.flush_or_wake();
+        assert_eq!(wire.sent_texts(), ["a", "b"]);
+        assert!(!outbox.wants_flush());
     }
 
     #[test]
