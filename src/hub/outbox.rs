@@ -617,8 +617,14 @@ mod tests {
         let outbox = Outbox::new(1 << 20, 0);
         outbox.attach(wire.clone());
         wire.open(1 << 10);
-        assert_eq!(outbox.offer_deferred(&frame::text("a")), (Offer::Queued, true));
-        assert_eq!(outbox.offer_deferred(&frame::text("b")), (Offer::Queued, false));
+        assert_eq!(
+            outbox.offer_deferred(&frame::text("a")),
+            (Offer::Queued, true)
+        );
+        assert_eq!(
+            outbox.offer_deferred(&frame::text("b")),
+            (Offer::Queued, false)
+        );
         assert!(wire.sent_texts().is_empty(), "nothing written yet");
         outbox.flush_or_wake();
         assert_eq!(wire.sent_texts(), ["a", "b"]);
