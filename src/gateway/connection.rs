@@ -28,7 +28,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::config::WsPublish;
 use crate::hub::{ClosingGuard, ConnId, ConnMeta, Flush, Outbox, Wire, frame};
-use crate::push::{Ingress, route_json_line};
+use crate::push::{Ingress, Push, route_json_line};
 
 /// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
 const MAX_BOUND_UID_LEN: usize = 64;
@@ -166,7 +166,12 @@ impl Connection {
                 Event::Ended(ended) => return ended,
                 Event::Frame(frame) => {
                     self.outbox.touch();
-                    self.on_frame(frame).await;
+                    if let Some(push) = self.on_frame(frame) {
+                        // Boxed: publishing (in redis mode a Redis round trip) is rare
+                        // on a connection, and inline it would size every connection's
+                        // task (which is also why frames are handled synchronously).
+                        Box::pin(self.state.publish(push, Ingress::Publisher)).await;
+                    }
                 }
             }
         }
@@ -241,19 +246,15 @@ impl Connection {
         }
     }
 
-    /// Handles one frame from the client.
-    async fn on_frame(&mut self, frame: Frame) {
+    /// Handles one frame from the client; returns what a publisher asked to push.
+    fn on_frame(&mut self, frame: Frame) -> Option<Push> {
         match frame {
-            Frame::Text(bytes) => self.on_message(bytes).await,
-            Frame::Continuation(item) => {
-                let message = match self.inbound.continue_message(item) {
-                    Ok(message) => message,
-                    Err(e) => return self.protocol_error(e),
-                };
-                if let Some((true, bytes)) = message {
-                    self.on_message(bytes).await;
-                }
-            }
+            Frame::Text(bytes) => return self.on_message(&bytes),
+            Frame::Continuation(item) => match self.inbound.continue_message(item) {
+                Ok(Some((true, bytes))) => return self.on_message(&bytes),
+                Ok(_) => {}
+                Err(e) => self.protocol_error(e),
+            },
             Frame::Ping(bytes) => {
                 self.outbox.offer(&frame::pong(&bytes));
             }
@@ -267,34 +268,32 @@ impl Connection {
                     .close_with(code, frame::close(code, &description));
             }
         }
+        None
     }
 
-    /// Handles one complete text message.
-    async fn on_message(&mut self, bytes: Bytes) {
-        let Ok(text) = std::str::from_utf8(&bytes) else {
+    /// Handles one complete text message; returns what a publisher asked to push.
+    fn on_message(&mut self, bytes: &[u8]) -> Option<Push> {
+        let Ok(text) = std::str::from_utf8(bytes) else {
             self.state.metrics.rejected("not_utf8");
             log::info!("conn {} closed: text frame is not UTF-8", self.id);
-            return self.close(INVALID, "text frame is not UTF-8");
+            self.close(INVALID, "text frame is not UTF-8");
+            return None;
         };
         let first = std::mem::take(&mut self.first_text);
         if text == "heartbeat" || is_ping(text) {
             self.outbox.offer(&PONG);
-            return;
+            return None;
         }
         if self.may_publish() && text.starts_with('{') {
-            match route_json_line(text, None) {
-                Ok(push) => {
-                    // Boxed: publishing (in redis mode a Redis round trip) is rare on
-                    // a connection and would otherwise size every connection's task.
-                    Box::pin(self.state.publish(push, Ingress::Publisher)).await;
-                }
+            return match route_json_line(text, None) {
+                Ok(push) => Some(push),
                 Err(e) => {
                     self.state.metrics.rejected("publisher_frame");
                     log::warn!("conn {} publisher frame refused: {e}", self.id);
                     self.close(INVALID, &format!("not routable: {e}"));
+                    None
                 }
-            }
-            return;
+            };
         }
         if first && !self.uid_bound && is_plain_id(text) {
             self.uid_bound = true;
@@ -302,9 +301,10 @@ impl Connection {
                 self.state.registry.updated(self.id, &meta);
                 log::debug!("conn {} bound uid {text:?} by first frame", self.id);
             }
-            return;
+            return None;
         }
         log::debug!("conn {} frame ignored ({} bytes)", self.id, text.len());
+        None
     }
 
     fn protocol_error(&mut self, error: ProtocolError) {
