@@ -140,16 +140,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let mut background = Vec::new();
     let fanout = Fanout::start(hub.clone(), metrics.clone());
     let bus = if settings.redis.url.is_empty() {
-        Bus::embedded(hub.clone(), fanout)
+        Bus::embedded(fanout)
     } else {
-        let (bus, link) = RedisBus::start(
-            &settings.redis,
-            &node_id,
-            hub.clone(),
-            fanout,
-            metrics.clone(),
-        )
-        .map_err(StartError::Setup)?;
+        let (bus, link) = RedisBus::start(&settings.redis, &node_id, fanout, metrics.clone())
+            .map_err(StartError::Setup)?;
         background.push(link);
         Bus::Redis(bus)
     };

@@ -95,6 +95,14 @@ impl Fanout {
         self.queue.send(push).await.is_ok()
     }
 
+    /// Queues `push` for delivery on this node and returns how many of this node's
+    /// connections match it now (0 when the fan-out is gone): the publisher's
+    /// `delivered` when this node is all there is, or all that can be reached.
+    pub async fn push_counted(&self, push: Push) -> usize {
+        let matched = self.hub.count(&push.target);
+        if self.push(push).await { matched } else { 0 }
+    }
+
     /// The worker index of the calling thread, which must be an HTTP worker (inside
     /// a tokio `LocalSet`); its first call on a thread starts that worker's loop.
     pub fn local_worker(&self) -> usize {
@@ -146,14 +154,7 @@ async fn run_worker(
         if let [job] = batch.as_slice() {
             hub.collect(&job.target, worker, &mut outboxes);
             let mut delivery = Delivery::default();
-            for (i, chunk) in outboxes.chunks(CHUNK).enumerate() {
-                if i > 0 {
-                    tokio::task::yield_now().await;
-                }
-                for outbox in chunk {
-                    delivery.offer(outbox, &job.frame);
-                }
-            }
+            in_turns(&outboxes, |outbox| delivery.offer(outbox, &job.frame)).await;
             account(&metrics, &job.target, delivery);
         } else {
             for job in &batch {
@@ -168,12 +169,7 @@ async fn run_worker(
                 }
                 account(&metrics, &job.target, delivery);
             }
-            for (i, chunk) in to_flush.chunks(CHUNK).enumerate() {
-                if i > 0 {
-                    tokio::task::yield_now().await;
-                }
-                chunk.iter().for_each(|outbox| outbox.flush_or_wake());
-            }
+            in_turns(&to_flush, |outbox| outbox.flush_or_wake()).await;
             to_flush.clear();
         }
         outboxes.clear();
@@ -181,8 +177,19 @@ async fn run_worker(
     }
 }
 
+/// Runs `f` on every item, [`CHUNK`] at a time, letting the worker's other tasks
+/// run between chunks.
+async fn in_turns<T>(items: &[T], mut f: impl FnMut(&T)) {
+    for (i, chunk) in items.chunks(CHUNK).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        chunk.iter().for_each(&mut f);
+    }
+}
+
 /// Counts a fan-out's deliveries and slow consumers.
-pub(crate) fn account(metrics: &Metrics, target: &Target, delivery: Delivery) {
+fn account(metrics: &Metrics, target: &Target, delivery: Delivery) {
     metrics.deliveries.inc_by(delivery.delivered as u64);
     if delivery.slow_consumers > 0 {
         metrics

@@ -11,7 +11,6 @@ mod redis;
 pub use self::fanout::Fanout;
 pub use self::redis::RedisBus;
 
-use crate::hub::Hub;
 use crate::push::Push;
 
 /// What a publish reports back to the ingress that made it.
@@ -26,20 +25,20 @@ pub struct Published {
 /// Handle to the bus.
 #[derive(Clone)]
 pub enum Bus {
-    Embedded { hub: Hub, fanout: Fanout },
+    Embedded(Fanout),
     Redis(RedisBus),
 }
 
 impl Bus {
     /// Embedded mode: pushes go straight to this node's `fanout`.
-    pub fn embedded(hub: Hub, fanout: Fanout) -> Self {
-        Bus::Embedded { hub, fanout }
+    pub fn embedded(fanout: Fanout) -> Self {
+        Bus::Embedded(fanout)
     }
 
     /// This node's fan-out, whichever the mode.
     pub fn fanout(&self) -> &Fanout {
         match self {
-            Bus::Embedded { fanout, .. } => fanout,
+            Bus::Embedded(fanout) => fanout,
             Bus::Redis(bus) => bus.fanout(),
         }
     }
@@ -47,15 +46,11 @@ impl Bus {
     /// Sends `push` to every matching connection of the server.
     pub async fn publish(&self, push: Push) -> Published {
         match self {
-            Bus::Embedded { hub, fanout } => {
-                // Counted when published, as in redis mode; the frames follow.
-                let matched = hub.count(&push.target);
-                let queued = fanout.push(push).await;
-                Published {
-                    delivered: if queued { matched } else { 0 },
-                    cluster_wide: true,
-                }
-            }
+            // Counted when published, as in redis mode; the frames follow.
+            Bus::Embedded(fanout) => Published {
+                delivered: fanout.push_counted(push).await,
+                cluster_wide: true,
+            },
             Bus::Redis(bus) => bus.publish(push).await,
         }
     }
@@ -63,7 +58,7 @@ impl Bus {
     /// Whether cross-node delivery works now (always true in embedded mode).
     pub fn is_up(&self) -> bool {
         match self {
-            Bus::Embedded { .. } => true,
+            Bus::Embedded(_) => true,
             Bus::Redis(bus) => bus.is_up(),
         }
     }

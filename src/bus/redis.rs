@@ -21,7 +21,6 @@ use redis::aio::MultiplexedConnection;
 
 use super::{Fanout, Published};
 use crate::config::RedisSettings;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::push::{Push, Target};
 use crate::registry::RedisKeys;
@@ -31,7 +30,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 struct Shared {
     keys: RedisKeys,
     channel: String,
-    hub: Hub,
     fanout: Fanout,
     metrics: Arc<Metrics>,
     /// Connection for PUBLISH; `None` while the link is down.
@@ -52,7 +50,6 @@ impl RedisBus {
     pub fn start(
         settings: &RedisSettings,
         node: &str,
-        hub: Hub,
         fanout: Fanout,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), String> {
@@ -62,7 +59,6 @@ impl RedisBus {
         let shared = Arc::new(Shared {
             channel: keys.push_channel(),
             keys,
-            hub,
             fanout,
             metrics,
             publisher: Mutex::new(None),
@@ -106,10 +102,8 @@ impl RedisBus {
                 }
             }
         }
-        let matched = shared.hub.count(&push.target);
-        let queued = shared.fanout.push(push).await;
         Published {
-            delivered: if queued { matched } else { 0 },
+            delivered: shared.fanout.push_counted(push).await,
             cluster_wide: false,
         }
     }

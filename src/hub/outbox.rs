@@ -151,6 +151,26 @@ impl State {
         }
     }
 
+    /// No more frames are taken: a close was requested or the socket broke.
+    fn refuses_frames(&self) -> bool {
+        self.closing.is_some() || self.broken
+    }
+
+    /// Queues `frame` within `limit` bytes: `Some(was_idle)` (nothing was waiting
+    /// before), or `None` when it did not fit and the connection is now closing as
+    /// a slow consumer.
+    fn enqueue(&mut self, frame: &Bytes, limit: usize) -> Option<bool> {
+        let cost = frame.len() + FRAME_OVERHEAD;
+        if self.bytes + cost > limit {
+            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+            return None;
+        }
+        let was_idle = !self.has_pending();
+        self.frames.push_back(frame.clone());
+        self.bytes += cost;
+        Some(was_idle)
+    }
+
     /// Writes queued frames, then the close frame, until done or the socket is full.
     fn write_pending(&mut self, wire: &dyn Wire) -> Flush {
         if self.broken {
@@ -288,7 +308,7 @@ impl Outbox {
     /// Writes or queues an encoded `frame` without waiting. Never blocks on the client.
     pub fn offer(&self, frame: &Bytes) -> Offer {
         let state = self.lock();
-        if state.closing.is_some() || state.broken {
+        if state.refuses_frames() {
             return Offer::Closed;
         }
         match self.wire.get() {
@@ -323,46 +343,34 @@ impl Outbox {
     /// caller then owes the outbox one [`Outbox::flush_or_wake`].
     pub fn offer_deferred(&self, frame: &Bytes) -> (Offer, bool) {
         let mut state = self.lock();
-        if state.closing.is_some() || state.broken {
+        if state.refuses_frames() {
             return (Offer::Closed, false);
         }
-        let cost = frame.len() + FRAME_OVERHEAD;
-        if state.bytes + cost > self.limit_bytes {
-            start_closing(&mut state, CloseReason::SlowConsumer.code(), slow_close());
-            return (Offer::Overflowed, false);
+        match state.enqueue(frame, self.limit_bytes) {
+            Some(was_idle) => (Offer::Queued, was_idle),
+            None => (Offer::Overflowed, false),
         }
-        let was_idle = !state.has_pending();
-        state.frames.push_back(frame.clone());
-        state.bytes += cost;
-        (Offer::Queued, was_idle)
     }
 
     /// Writes what [`Outbox::offer_deferred`] queued, in one vectored write; what the
     /// socket does not take is left to the connection's task, which is woken for it.
     pub fn flush_or_wake(&self) {
         let mut state = self.lock();
-        let flushed = match self.wire.get() {
-            Some(wire) => state.write_pending(wire.as_ref()),
-            None => return,
-        };
-        if flushed != Flush::Idle {
+        if self.write_pending(&mut state) != Flush::Idle {
             state.wake_writer();
         }
     }
 
     fn queue(&self, mut state: MutexGuard<'_, State>, frame: &Bytes) -> Offer {
-        let cost = frame.len() + FRAME_OVERHEAD;
-        if state.bytes + cost > self.limit_bytes {
-            start_closing(&mut state, CloseReason::SlowConsumer.code(), slow_close());
-            return Offer::Overflowed;
+        match state.enqueue(frame, self.limit_bytes) {
+            Some(was_idle) => {
+                if was_idle {
+                    state.wake_writer();
+                }
+                Offer::Queued
+            }
+            None => Offer::Overflowed,
         }
-        let was_idle = !state.has_pending();
-        state.frames.push_back(frame.clone());
-        state.bytes += cost;
-        if was_idle {
-            state.wake_writer();
-        }
-        Offer::Queued
     }
 
     /// Asks the connection to close with `reason`; frames already queued are sent
@@ -405,7 +413,11 @@ impl Outbox {
     /// The connection task's side, when the socket can take bytes: writes what is
     /// queued, then the close frame once a close was requested.
     pub fn flush(&self) -> Flush {
-        let mut state = self.lock();
+        self.write_pending(&mut self.lock())
+    }
+
+    /// Without a socket nothing can be written: `Blocked`.
+    fn write_pending(&self, state: &mut State) -> Flush {
         match self.wire.get() {
             Some(wire) => state.write_pending(wire.as_ref()),
             None => Flush::Blocked,
