@@ -26,13 +26,6 @@ async fn text_client(server: &TestServer) -> TextClient {
     TextClient::connect(server.text_addr.expect("text port on")).await
 }
 
-async fn uid_connections(server: &TestServer, uid: &str) -> u64 {
-    let (_, body) = server
-        .get_json(&format!("/api/presence?uid={uid}&token={API_TOKEN}"))
-        .await;
-    body["connections"].as_u64().expect("a connection count")
-}
-
 /// Sends `heartbeat` and waits for the pong: every frame sent before it has been
 /// handled by the server once this returns.
 async fn sync(client: &mut WsClient) {
@@ -396,7 +389,7 @@ async fn a_plain_first_frame_binds_the_uid_once() {
     for client in [&mut tab1, &mut tab2, &mut numeric] {
         sync(client).await;
     }
-    assert_eq!(uid_connections(&server, "uid1").await, 2);
+    assert_eq!(server.connections("uid=uid1").await, 2);
     assert_eq!(text.push(r#"{"uid":"uid1","percent":"88%"}"#).await, "ok\n");
     assert_eq!(
         tab1.recv_json().await,
@@ -412,15 +405,15 @@ async fn a_plain_first_frame_binds_the_uid_once() {
     // A later plain frame does not re-bind.
     tab1.send("uid9").await;
     sync(&mut tab1).await;
-    assert_eq!(uid_connections(&server, "uid9").await, 0);
-    assert_eq!(uid_connections(&server, "uid1").await, 2);
+    assert_eq!(server.connections("uid=uid9").await, 0);
+    assert_eq!(server.connections("uid=uid1").await, 2);
 
     // A uid given in the URL is not replaced by a first frame either.
     let mut url_uid = WsClient::connect(&server.ws_url("/?uid=7")).await;
     url_uid.send("8").await;
     sync(&mut url_uid).await;
-    assert_eq!(uid_connections(&server, "7").await, 1);
-    assert_eq!(uid_connections(&server, "8").await, 0);
+    assert_eq!(server.connections("uid=7").await, 1);
+    assert_eq!(server.connections("uid=8").await, 0);
     server.stop().await;
 }
 
@@ -448,7 +441,11 @@ async fn a_json_or_heartbeat_first_frame_binds_nothing() {
         sync(client).await;
     }
     for uid in ["a", "b", "c", "heartbeat"] {
-        assert_eq!(uid_connections(&server, uid).await, 0, "uid {uid}");
+        assert_eq!(
+            server.connections(&format!("uid={uid}")).await,
+            0,
+            "uid {uid}"
+        );
     }
     server.stop().await;
 }

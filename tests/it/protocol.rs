@@ -21,16 +21,6 @@ fn pong_text() -> Option<(u8, Vec<u8>)> {
     Some((TEXT, br#"{"type":"pong"}"#.to_vec()))
 }
 
-async fn presence_home(server: &TestServer) -> u64 {
-    let (_, body) = server
-        .get_json(&format!(
-            "/api/presence?page=home&token={}",
-            crate::common::API_TOKEN
-        ))
-        .await;
-    body["connections"].as_u64().expect("a connection count")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_frames_close_with_1002_and_bad_text_with_1007() {
     let server = TestServer::start(|_| {}).await;
@@ -58,7 +48,7 @@ async fn broken_frames_close_with_1002_and_bad_text_with_1007() {
     assert_eq!(server.rejected("protocol").await, 1);
     assert_eq!(server.rejected("not_utf8").await, 1);
     eventually("closed connections forgotten", || async {
-        (presence_home(&server).await == 1).then_some(())
+        (server.connections("page=home").await == 1).then_some(())
     })
     .await;
     let (_, body) = server.trigger("pushHomeLogic", "").await;
@@ -111,7 +101,7 @@ async fn a_frame_sent_with_the_upgrade_request_is_read() {
 async fn a_client_close_is_echoed_and_the_connection_forgotten() {
     let server = TestServer::start(|_| {}).await;
     let mut client = SilentClient::connect(server.addr, &home_path()).await;
-    assert_eq!(presence_home(&server).await, 1);
+    assert_eq!(server.connections("page=home").await, 1);
     let mut payload = 4321u16.to_be_bytes().to_vec();
     payload.extend_from_slice(b"bye");
     client
@@ -120,7 +110,7 @@ async fn a_client_close_is_echoed_and_the_connection_forgotten() {
     assert_eq!(client.next_frame().await, Some((CLOSE, payload)));
     assert!(client.next_frame().await.is_none(), "then the socket ends");
     eventually("closed connection forgotten", || async {
-        (presence_home(&server).await == 0).then_some(())
+        (server.connections("page=home").await == 0).then_some(())
     })
     .await;
     server.stop().await;

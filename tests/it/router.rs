@@ -257,23 +257,14 @@ async fn idle_connections_are_closed_and_forgotten() {
         s.heartbeat.idle_timeout_secs = 2;
     })
     .await;
-    let presence = |server: &TestServer| {
-        let path = format!("/api/presence?page=home&token={API_TOKEN}");
-        let http = server.http.clone();
-        let url = server.http_url(&path);
-        async move {
-            let body: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
-            body["connections"].as_u64().unwrap()
-        }
-    };
     // A frozen tab: it never answers the server's pings.
     let mut silent =
         SilentClient::connect(server.addr, &format!("/?page=home&token={CLIENT_TOKEN}")).await;
-    assert_eq!(presence(&server).await, 1);
+    assert_eq!(server.connections("page=home").await, 1);
     let (code, reason, _) = silent.expect_close().await;
     assert_eq!((code, reason.as_str()), (4001, "idle timeout"));
     eventually("idle connection forgotten", || async {
-        (presence(&server).await == 0).then_some(())
+        (server.connections("page=home").await == 0).then_some(())
     })
     .await;
 

@@ -92,6 +92,14 @@ impl TestServer {
             .await
     }
 
+    /// The connection count `/api/presence?{target}` answers (`page=home`, `uid=7`).
+    pub async fn connections(&self, target: &str) -> u64 {
+        let (_, body) = self
+            .get_json(&format!("/api/presence?{target}&token={API_TOKEN}"))
+            .await;
+        body["connections"].as_u64().expect("a connection count")
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http
