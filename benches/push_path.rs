@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use scenecast::config::SceneConfig;
 use scenecast::hub::{ConnMeta, Hub, Outbox, frame};
-use scenecast::push::{Push, Target};
+use scenecast::push::{Name, Push, Target};
 use scenecast::scenes::{Params, SceneTable};
 
 const CONNECTIONS: usize = 10_000;
@@ -18,7 +18,7 @@ const WORKERS: usize = 2;
 
 fn meta(page: &str) -> ConnMeta {
     ConnMeta {
-        page: Some(Arc::from(page)),
+        page: Some(Name::try_from(page).expect("a valid page")),
         uid: None,
         session: None,
         connected_at: 0,
@@ -39,7 +39,11 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("hub_fan_out");
     for (name, target, matched) in [
         ("all_10k", Target::All, CONNECTIONS),
-        ("page_5k", Target::Page("home".into()), CONNECTIONS / 2),
+        (
+            "page_5k",
+            Target::Page(Name::try_from("home").expect("a name")),
+            CONNECTIONS / 2,
+        ),
     ] {
         let push = Push::new(target, payload);
         group.throughput(Throughput::Elements(matched as u64));

@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod gateway;
 pub mod hub;

@@ -1,12 +1,256 @@
 //! The one value every ingress produces and the fan-out consumes: a [`Push`] is a
 //! target and the exact text frame to send, serialized once and shared by reference
 //! count with every connection that receives it.
+//!
+//! A target's page or uid is a [`Name`], checked once at the door the push came in
+//! by (the name rule, README "The name rule"); nothing downstream checks again.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
+
+/// Longest page, uid or session name, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// 2^53: from here on an `f64` no longer holds every integer, so a number that
+/// reached [`Name::from_json`] as an `f64` this large may have been another id
+/// before parsing rounded it, and is refused. ([`Name::from_raw_json`] reads the
+/// digits as written and has no such limit.)
+const MAX_EXACT_FLOAT_ID: f64 = 9_007_199_254_740_992.0;
+
+/// A page, uid or session name: 1..=[`MAX_NAME_BYTES`] bytes of UTF-8 without
+/// control characters (Unicode `Cc`), line or paragraph separators (U+2028,
+/// U+2029), or the invisible format characters that make a name read as another
+/// in logs and dashboards (U+061C, U+200B..=U+200F, U+202A..=U+202E,
+/// U+2060..=U+2064, U+2066..=U+2069, U+FEFF).
+///
+/// Built once at the door ([`Name::try_from`] for query values and config,
+/// [`Name::from_json`] / [`Name::from_raw_json`] for JSON fields); clones share
+/// one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+/// Why a value is not a [`Name`]. The text names the rule, for error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_NAME_BYTES} bytes")]
+    TooLong,
+    #[error("must not contain control or invisible format characters")]
+    Control,
+    /// A JSON value that is neither a string nor an integral number.
+    #[error("must be a string or an integral number, not {0}")]
+    NotText(&'static str),
+    /// A JSON number with a fraction, or an integral value too large to be exact.
+    #[error("must be a string or an integral number, not {0}")]
+    NotIntegral(&'static str),
+}
+
+/// Characters a name may not hold (see [`Name`]).
+fn is_refused_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+impl Name {
+    /// The name a JSON value stands for: a string as is; an integer, or a number
+    /// with an integral value (`1.0`, `1e0`, `-0.0`), as its decimal text (`"1"`,
+    /// `"0"`); `null`, booleans, fractions, arrays and objects are refused.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, NameError> {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => Self::try_from(text.as_str()),
+            Value::Number(number) => match number.as_f64() {
+                // An `f64` this large may be a rounded integer literal.
+                Some(f)
+                    if !number.is_u64() && !number.is_i64() && f.abs() >= MAX_EXACT_FLOAT_ID =>
+                {
+                    Err(NameError::NotIntegral("a number too large to be exact"))
+                }
+                _ => Self::from_number_text(&number.to_string()),
+            },
+            Value::Null => Err(NameError::NotText("null")),
+            Value::Bool(_) => Err(NameError::NotText("a boolean")),
+            Value::Array(_) => Err(NameError::NotText("an array")),
+            Value::Object(_) => Err(NameError::NotText("an object")),
+        }
+    }
+
+    /// Like [`Name::from_json`], from the JSON text of one value as it was written:
+    /// an integer literal keeps every digit (`12345678901234567890123` stays that
+    /// id, where an `f64` would round it).
+    pub fn from_raw_json(raw: &serde_json::value::RawValue) -> Result<Self, NameError> {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                let decoded: String =
+                    serde_json::from_str(text).map_err(|_| NameError::NotText("a string"))?;
+                Self::try_from(decoded.as_str())
+            }
+            Some(b'-' | b'0'..=b'9') => Self::from_number_text(text),
+            Some(b'n') => Err(NameError::NotText("null")),
+            Some(b't' | b'f') => Err(NameError::NotText("a boolean")),
+            Some(b'[') => Err(NameError::NotText("an array")),
+            Some(b'{') => Err(NameError::NotText("an object")),
+            _ => Err(NameError::NotText("a JSON value")),
+        }
+    }
+
+    /// A JSON number's text (RFC 8259 §6 grammar) as a name, computed on the
+    /// decimal text itself so that nothing is rounded: `1.0`, `1e0` and `10e-1`
+    /// are `"1"`, `-0.0` is `"0"`, `1.5` and `0.1e1x` are refused.
+    fn from_number_text(text: &str) -> Result<Self, NameError> {
+        let fraction = NameError::NotIntegral("a fractional number");
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+            Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+            None => (unsigned, None),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty() || !is_digits(int) || !is_digits(frac) {
+            return Err(NameError::NotIntegral("a number"));
+        }
+        let digits = format!("{int}{frac}");
+        let significant = digits.trim_start_matches('0');
+        if significant.is_empty() {
+            return Self::try_from("0");
+        }
+        let exponent: i64 = match exponent {
+            None => 0,
+            Some(e) => e
+                .strip_prefix('+')
+                .unwrap_or(e)
+                .parse()
+                .map_err(|_| NameError::NotIntegral("a number out of range"))?,
+        };
+        // Where the decimal point falls in `significant`.
+        let leading_zeros = i64::try_from(digits.len() - significant.len()).unwrap_or(i64::MAX);
+        let int_len = i64::try_from(int.len()).unwrap_or(i64::MAX);
+        let point = int_len
+            .saturating_add(exponent)
+            .saturating_sub(leading_zeros);
+        let Ok(point) = usize::try_from(point) else {
+            return Err(fraction);
+        };
+        if point == 0 {
+            return Err(fraction);
+        }
+        if point.saturating_add(usize::from(negative)) > MAX_NAME_BYTES {
+            return Err(NameError::TooLong);
+        }
+        let (whole, rest) = significant
+            .split_at_checked(point.min(significant.len()))
+            .unwrap_or((significant, ""));
+        if rest.bytes().any(|b| b != b'0') {
+            return Err(fraction);
+        }
+        let mut out = String::with_capacity(point + 1);
+        if negative {
+            out.push('-');
+        }
+        out.push_str(whole);
+        out.extend(std::iter::repeat_n('0', point - whole.len()));
+        Self::try_from(out.as_str())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for Name {
+    type Error = NameError;
+
+    fn try_from(text: &str) -> Result<Self, NameError> {
+        if text.is_empty() {
+            Err(NameError::Empty)
+        } else if text.len() > MAX_NAME_BYTES {
+            Err(NameError::TooLong)
+        } else if text.chars().any(is_refused_char) {
+            Err(NameError::Control)
+        } else {
+            Ok(Name(Arc::from(text)))
+        }
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = NameError;
+
+    fn try_from(text: String) -> Result<Self, NameError> {
+        Self::try_from(text.as_str())
+    }
+}
+
+impl TryFrom<&serde_json::Value> for Name {
+    type Error = NameError;
+
+    fn try_from(value: &serde_json::Value) -> Result<Self, NameError> {
+        Self::from_json(value)
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Name::from_json(&value).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Who a push is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -15,9 +259,9 @@ pub enum Target {
     /// Every open connection.
     All,
     /// Every connection opened on this page (scene).
-    Page(Arc<str>),
+    Page(Name),
     /// Every connection bound to this user id (all of a user's tabs).
-    Uid(Arc<str>),
+    Uid(Name),
 }
 
 impl fmt::Display for Target {
@@ -70,128 +314,158 @@ impl Push {
     }
 }
 
-/// Why a JSON line (text port, UDP datagram, publisher frame) was not routed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RouteError {
-    #[error("not a JSON object: {0}")]
-    NotJson(String),
-    #[error("missing or wrong \"token\"")]
-    BadToken,
-    #[error("\"{0}\" must be a non-empty string or a number")]
-    BadTarget(&'static str),
-}
-
-/// The routing fields of a line; every other field is carried along untouched.
-#[derive(Deserialize)]
-struct RouteFields {
-    uid: Option<serde_json::Value>,
-    user_id: Option<serde_json::Value>,
-    page: Option<serde_json::Value>,
-    token: Option<serde_json::Value>,
-}
-
-/// Routes one JSON object the way the seeds' text port and publishers do: to `uid`
-/// (or `user_id`) when present, else to `page`, else to everyone. The frame sent is
-/// the line as received, except that a `"token"` field is removed when a token is
-/// required, so the secret never reaches a browser.
-pub fn route_json_line(line: &str, required_token: Option<&str>) -> Result<Push, RouteError> {
-    let line = line.trim_matches(|c: char| c == '\r' || c == '\n' || c == ' ' || c == '\t');
-    if !line.starts_with('{') {
-        return Err(RouteError::NotJson("expected an object".into()));
-    }
-    let fields: RouteFields =
-        serde_json::from_str(line).map_err(|e| RouteError::NotJson(e.to_string()))?;
-
-    let target = if let Some(uid) = fields.uid.as_ref() {
-        Target::Uid(id_value(uid, "uid")?)
-    } else if let Some(uid) = fields.user_id.as_ref() {
-        Target::Uid(id_value(uid, "user_id")?)
-    } else if let Some(page) = fields.page.as_ref() {
-        Target::Page(id_value(page, "page")?)
-    } else {
-        Target::All
-    };
-
-    let payload = match required_token {
-        None => ByteString::from(line.to_owned()),
-        Some(expected) => {
-            let given = fields.token.as_ref().and_then(|t| t.as_str()).unwrap_or("");
-            if !crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                return Err(RouteError::BadToken);
-            }
-            let mut object: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).map_err(|e| RouteError::NotJson(e.to_string()))?;
-            object.remove("token");
-            ByteString::from(serde_json::Value::Object(object).to_string())
-        }
-    };
-    Ok(Push { target, payload })
-}
-
-fn id_value(value: &serde_json::Value, field: &'static str) -> Result<Arc<str>, RouteError> {
-    match value {
-        serde_json::Value::String(s) if !s.is_empty() => Ok(Arc::from(s.as_str())),
-        serde_json::Value::Number(n) => Ok(Arc::from(n.to_string())),
-        _ => Err(RouteError::BadTarget(field)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
 
     #[test]
-    fn routes_uid_before_page_before_all() {
-        let p = route_json_line(r#"{"uid":"uid1","page":"home","percent":"88%"}"#, None).unwrap();
-        assert_eq!(p.target, Target::Uid("uid1".into()));
+    fn strings_are_taken_as_is_within_the_rule() {
+        assert_eq!(&*Name::try_from("home").unwrap(), "home");
+        assert_eq!(&*Name::try_from("名前").unwrap(), "名前");
+        assert_eq!(Name::try_from(""), Err(NameError::Empty));
+        assert!(Name::try_from("x".repeat(128).as_str()).is_ok());
         assert_eq!(
-            &*p.payload,
-            r#"{"uid":"uid1","page":"home","percent":"88%"}"#
+            Name::try_from("x".repeat(129).as_str()),
+            Err(NameError::TooLong)
         );
-        let p = route_json_line(r#"{"user_id":1,"cnt":5}"#, None).unwrap();
-        assert_eq!(p.target, Target::Uid("1".into()));
-        let p = route_json_line("{\"page\":\"list\"}\r\n", None).unwrap();
-        assert_eq!(p.target, Target::Page("list".into()));
-        let p = route_json_line(r#"{"order_num":1234}"#, None).unwrap();
-        assert_eq!(p.target, Target::All);
+        for bad in [
+            "a\nb",
+            "\u{0}",
+            "a\u{7f}",
+            "\u{85}",
+            "a\u{202e}b",
+            "\u{feff}a",
+            "a\u{2028}",
+        ] {
+            assert_eq!(Name::try_from(bad), Err(NameError::Control), "{bad:?}");
+        }
     }
 
     #[test]
-    fn rejects_what_is_not_a_routable_object() {
-        assert!(matches!(
-            route_json_line("hello", None),
-            Err(RouteError::NotJson(_))
-        ));
-        assert!(matches!(
-            route_json_line("[1,2]", None),
-            Err(RouteError::NotJson(_))
-        ));
-        assert!(matches!(
-            route_json_line(r#"{"uid":"#, None),
-            Err(RouteError::NotJson(_))
-        ));
+    fn integral_numbers_become_their_decimal_text() {
+        for (value, text) in [
+            (json!(1), "1"),
+            (json!(-7), "-7"),
+            (json!(1.0), "1"),
+            (json!(-0.0), "0"),
+            (json!(u64::MAX), "18446744073709551615"),
+        ] {
+            assert_eq!(Name::from_json(&value).unwrap().as_str(), text, "{value}");
+        }
+        for value in [
+            json!(null),
+            json!(true),
+            json!(1.5),
+            json!([1]),
+            json!({}),
+            json!(""),
+            json!(1e300),
+            json!(1e20),
+        ] {
+            assert!(Name::from_json(&value).is_err(), "{value}");
+        }
+        let raw = |t: &str| Name::from_raw_json(&serde_json::from_str::<Box<RawValue>>(t).unwrap());
+        use serde_json::value::RawValue;
+        assert_eq!(raw("1e0").unwrap().as_str(), "1");
+        assert_eq!(raw("-0").unwrap().as_str(), "0");
+        assert_eq!(raw("0.000e5").unwrap().as_str(), "0");
         assert_eq!(
-            route_json_line(r#"{"uid":""}"#, None).unwrap_err(),
-            RouteError::BadTarget("uid")
+            raw("12345678901234567890123").unwrap().as_str(),
+            "12345678901234567890123"
         );
-        assert_eq!(
-            route_json_line(r#"{"page":{"a":1}}"#, None).unwrap_err(),
-            RouteError::BadTarget("page")
-        );
+        assert_eq!(raw("1e127").map(|n| n.len()), Ok(128));
+        assert_eq!(raw("1e128"), Err(NameError::TooLong));
+        assert_eq!(raw("-1e127"), Err(NameError::TooLong));
+        assert!(matches!(
+            raw("1e-99999999999999999999999"),
+            Err(NameError::NotIntegral(_))
+        ));
+        assert!(matches!(raw("0.5"), Err(NameError::NotIntegral(_))));
+        assert!(matches!(raw("null"), Err(NameError::NotText(_))));
+        assert_eq!(raw(r#""a\u0000""#), Err(NameError::Control));
     }
 
-    #[test]
-    fn a_required_token_is_checked_and_never_forwarded() {
-        assert_eq!(
-            route_json_line(r#"{"uid":"1"}"#, Some("s3cret")).unwrap_err(),
-            RouteError::BadToken
-        );
-        assert_eq!(
-            route_json_line(r#"{"uid":"1","token":"nope"}"#, Some("s3cret")).unwrap_err(),
-            RouteError::BadToken
-        );
-        let p = route_json_line(r#"{"uid":"1","token":"s3cret","n":2}"#, Some("s3cret")).unwrap();
-        assert!(!p.payload.contains("s3cret"));
-        assert!(p.payload.contains(r#""n":2"#));
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (-1000i64..1000).prop_map(|i| Value::from(i as f64)),
+            "\\PC{0,140}".prop_map(Value::String),
+            "[\\x00-\\x1f\u{202e}\u{feff}a]{0,3}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{0,2}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn holds_the_rule(name: &Name) -> bool {
+        (1..=MAX_NAME_BYTES).contains(&name.len()) && !name.chars().any(is_refused_char)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn any_string_is_a_name_exactly_when_it_holds_the_rule(text in "\\PC{0,140}|[\\x00-\\x20\u{2000}-\u{2070}\u{feff}a]{0,8}") {
+            match Name::try_from(text.as_str()) {
+                Ok(name) => {
+                    prop_assert!(holds_the_rule(&name));
+                    prop_assert_eq!(name.as_str(), text.as_str());
+                }
+                Err(_) => prop_assert!(text.is_empty() || text.len() > MAX_NAME_BYTES || text.chars().any(is_refused_char)),
+            }
+        }
+
+        #[test]
+        fn any_json_value_never_panics_and_only_strings_and_integers_pass(value in json_value()) {
+            let from_value = Name::from_json(&value);
+            let text = value.to_string();
+            let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&text).unwrap();
+            let from_raw = Name::from_raw_json(&raw);
+            for name in [&from_value, &from_raw].into_iter().flatten() {
+                prop_assert!(holds_the_rule(name));
+            }
+            match &value {
+                Value::String(s) => {
+                    let direct = Name::try_from(s.as_str()).ok();
+                    prop_assert_eq!(from_value.as_ref().ok(), direct.as_ref());
+                    prop_assert_eq!(from_raw.as_ref().ok(), direct.as_ref());
+                }
+                Value::Number(n) => {
+                    if let Ok(name) = &from_value {
+                        // The name reads back as the same number.
+                        let back: f64 = name.parse().unwrap();
+                        prop_assert_eq!(back, n.as_f64().unwrap());
+                        prop_assert_eq!(from_raw.as_ref().ok(), Some(name));
+                    }
+                    if let Ok(name) = &from_raw {
+                        prop_assert!(name.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+                    }
+                }
+                _ => {
+                    prop_assert!(from_value.is_err());
+                    prop_assert!(from_raw.is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn number_text_never_panics(text in "-?[0-9]{0,4}(\\.[0-9]{0,4})?([eE][+-]?[0-9]{0,25})?") {
+            if let Ok(name) = Name::from_number_text(&text) {
+                prop_assert!(holds_the_rule(&name));
+                let back: f64 = name.parse().unwrap();
+                let given: f64 = text.parse().unwrap();
+                prop_assert!(back == given || (back - given).abs() <= given.abs() * 1e-12);
+            }
+        }
     }
 }

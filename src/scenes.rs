@@ -4,10 +4,10 @@
 //! `{param}` holes are filled from the trigger's query, JSON-escaped.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::config::{ConfigError, SceneConfig};
-use crate::push::{Push, Target};
+use crate::edge::Query;
+use crate::push::{Name, NameError, Push, Target};
 
 /// Parameters that never reach a payload or a target: the trigger's own
 /// `func` and the API `token` (a secret that would otherwise land in browsers).
@@ -63,18 +63,23 @@ impl Template {
 fn split_params(text: &str, mut literal: impl FnMut(&str, &mut Vec<Piece>)) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
+    // `{` is one byte, so every split below falls on a character boundary.
+    while let Some((before, after)) = rest.split_once('{') {
         let name_len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
-        if name_len > 0 && after[name_len..].starts_with('}') {
-            literal(&rest[..open], &mut pieces);
-            pieces.push(Piece::Param(after[..name_len].to_string()));
-            rest = &after[name_len + 1..];
-        } else {
-            literal(&rest[..open + 1], &mut pieces);
-            rest = after;
+        let (name, tail) = after.split_at_checked(name_len).unwrap_or((after, ""));
+        match tail.strip_prefix('}') {
+            Some(tail) if !name.is_empty() => {
+                literal(before, &mut pieces);
+                pieces.push(Piece::Param(name.to_string()));
+                rest = tail;
+            }
+            _ => {
+                literal(before, &mut pieces);
+                literal("{", &mut pieces);
+                rest = after;
+            }
         }
     }
     literal(rest, &mut pieces);
@@ -90,7 +95,11 @@ fn push_literal(text: &str, pieces: &mut Vec<Piece>) {
 /// Appends `value` as the inside of a JSON string (no quotes).
 fn json_escape_into(value: &str, out: &mut String) {
     let quoted = serde_json::Value::from(value).to_string();
-    out.push_str(&quoted[1..quoted.len() - 1]);
+    let inner = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default();
+    out.push_str(inner);
 }
 
 fn push_json_literal(text: &str, pieces: &mut Vec<Piece>) {
@@ -194,15 +203,13 @@ impl Scene {
         names
     }
 
-    /// Builds the push for one trigger.
+    /// Builds the push for one trigger. A target filled from the query must come
+    /// out a [`Name`] (the name rule), else [`SceneError::BadTarget`].
     pub fn render(&self, params: &Params) -> Result<Push, SceneError> {
-        let render_id = |template: &Template| -> Result<Arc<str>, SceneError> {
+        let render_id = |template: &Template| -> Result<Name, SceneError> {
             let mut id = String::new();
             template.render(params, &mut id, raw_into)?;
-            if id.is_empty() {
-                return Err(SceneError::EmptyTarget);
-            }
-            Ok(Arc::from(id))
+            Name::try_from(id.as_str()).map_err(SceneError::BadTarget)
         };
         let target = match &self.target {
             TargetTemplate::All => Target::All,
@@ -216,7 +223,8 @@ impl Scene {
     }
 }
 
-/// Query parameters of a trigger, first value of each name.
+/// Query parameters of a trigger; a repeated name counts with its last value
+/// (PHP's `$_GET` rule, as everywhere at the edge).
 #[derive(Debug, Default)]
 pub struct Params(HashMap<String, String>);
 
@@ -225,10 +233,14 @@ impl Params {
         let mut map = HashMap::new();
         for (name, value) in pairs {
             if !RESERVED_PARAMS.contains(&name.as_str()) {
-                map.entry(name).or_insert(value);
+                map.insert(name, value);
             }
         }
         Self(map)
+    }
+
+    pub fn from_query(query: &Query) -> Self {
+        Self::from_pairs(query.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -241,8 +253,8 @@ impl Params {
 pub enum SceneError {
     #[error("missing query parameter {0:?} used by this scene")]
     MissingParam(String),
-    #[error("the scene's target rendered empty")]
-    EmptyTarget,
+    #[error("the scene's target {0}")]
+    BadTarget(NameError),
 }
 
 /// All scenes by func name.
@@ -272,12 +284,12 @@ impl SceneTable {
                 ));
             }
             let target = match (&config.page, &config.uid, config.all) {
-                (Some(page), None, false) if !page.is_empty() => TargetTemplate::Page(Template {
-                    pieces: split_params(page, push_literal),
-                }),
-                (None, Some(uid), false) if !uid.is_empty() => TargetTemplate::Uid(Template {
-                    pieces: split_params(uid, push_literal),
-                }),
+                (Some(page), None, false) if !page.is_empty() => {
+                    TargetTemplate::Page(target_template(page).map_err(|e| invalid("page", e))?)
+                }
+                (None, Some(uid), false) if !uid.is_empty() => {
+                    TargetTemplate::Uid(target_template(uid).map_err(|e| invalid("uid", e))?)
+                }
                 (None, None, true) => TargetTemplate::All,
                 _ => {
                     return Err(invalid(
@@ -319,7 +331,7 @@ impl SceneTable {
     }
 
     pub fn get(&self, func: &str) -> Option<&Scene> {
-        self.by_func.get(func).map(|&i| &self.scenes[i])
+        self.by_func.get(func).and_then(|&i| self.scenes.get(i))
     }
 
     /// Scenes in configuration order.
@@ -330,6 +342,15 @@ impl SceneTable {
     pub fn funcs(&self) -> Vec<&str> {
         self.scenes.iter().map(|s| s.func.as_str()).collect()
     }
+}
+
+/// A scene's page or uid; one without `{param}` holes must already be a [`Name`].
+fn target_template(text: &str) -> Result<Template, String> {
+    let pieces = split_params(text, push_literal);
+    if let [Piece::Literal(fixed)] = pieces.as_slice() {
+        Name::try_from(fixed.as_str()).map_err(|e| format!("{fixed:?} {e}"))?;
+    }
+    Ok(Template { pieces })
 }
 
 /// Joins adjacent literals so rendering appends as few pieces as possible.
@@ -347,6 +368,7 @@ fn merge(pieces: Vec<Piece>) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn scene(
@@ -387,7 +409,7 @@ mod tests {
                 ("page", "back"),
             ]))
             .unwrap();
-        assert_eq!(push.target, Target::Page("home".into()));
+        assert_eq!(push.target, Target::Page(Name::try_from("home").unwrap()));
         assert_eq!(table.get("f").unwrap().params(), ["id", "who", "seq"]);
         let parsed: serde_json::Value = serde_json::from_str(&push.payload).unwrap();
         assert_eq!(
@@ -404,7 +426,7 @@ mod tests {
             .unwrap()
             .render(&params(&[("page", "back")]))
             .unwrap();
-        assert_eq!(push.target, Target::Page("home".into()));
+        assert_eq!(push.target, Target::Page(Name::try_from("home").unwrap()));
 
         let generic =
             SceneTable::compile(&[scene(Some("{page}"), None, false, json!("x"))]).unwrap();
@@ -413,7 +435,7 @@ mod tests {
             .unwrap()
             .render(&params(&[("page", "list")]))
             .unwrap();
-        assert_eq!(push.target, Target::Page("list".into()));
+        assert_eq!(push.target, Target::Page(Name::try_from("list").unwrap()));
         assert_eq!(fixed.get("f").unwrap().params(), Vec::<&str>::new());
         assert_eq!(generic.get("f").unwrap().params(), ["page"]);
         assert_eq!(
@@ -426,7 +448,7 @@ mod tests {
                 .unwrap()
                 .render(&params(&[("page", "")]))
                 .unwrap_err(),
-            SceneError::EmptyTarget
+            SceneError::BadTarget(NameError::Empty)
         );
     }
 
@@ -458,6 +480,86 @@ mod tests {
             scene(Some("b"), None, false, json!(1)),
         ];
         assert!(err(&twice).contains("listed twice"));
+    }
+
+    #[test]
+    fn a_rendered_target_must_be_a_name_and_the_last_value_wins() {
+        let generic =
+            SceneTable::compile(&[scene(None, Some("{uid}"), false, json!("{msg}"))]).unwrap();
+        let scene = generic.get("f").unwrap();
+        for bad in ["a\u{7}b", "a\u{202e}b", &"x".repeat(129)] {
+            assert!(matches!(
+                scene.render(&params(&[("uid", bad), ("msg", "m")])),
+                Err(SceneError::BadTarget(_))
+            ));
+        }
+        let query = Query::parse("uid=1&uid=2&msg=a&msg=b");
+        let push = scene.render(&Params::from_query(&query)).unwrap();
+        assert_eq!(push.target, Target::Uid(Name::try_from("2").unwrap()));
+        assert_eq!(&*push.payload, r#""b""#);
+    }
+
+    #[test]
+    fn a_fixed_target_must_be_a_name() {
+        let err = SceneTable::compile(&[scene(Some("a\u{1}"), None, false, json!(1))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("scenes[0].page"), "{err}");
+        let err = SceneTable::compile(&[scene(None, Some(&"u".repeat(200)), false, json!(1))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("scenes[0].uid"), "{err}");
+    }
+
+    fn json_template() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<i32>().prop_map(Value::from),
+            "[{}a-c_ \\\"]{0,12}".prop_map(Value::String),
+            "\\{[a-c]\\}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c{}]{0,3}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any message template and any param values: the payload is valid JSON
+        /// whose strings hold the values verbatim; the target is a name or refused.
+        #[test]
+        fn rendering_arbitrary_params_gives_valid_json(
+            message in json_template(),
+            target in "[a-c{}]{1,6}",
+            values in proptest::collection::vec("\\PC{0,8}|[\\x00-\\x1f\"\\\\]{0,4}", 3),
+        ) {
+            let Ok(table) = SceneTable::compile(&[scene(Some(&target), None, false, message.clone())]) else {
+                return Ok(());
+            };
+            let pairs: Vec<(&str, &str)> = ["a", "b", "c"]
+                .into_iter()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            match table.get("f").unwrap().render(&params(&pairs)) {
+                Ok(push) => {
+                    let parsed: serde_json::Value = serde_json::from_str(&push.payload)
+                        .expect("a rendered payload is JSON");
+                    prop_assert_eq!(
+                        std::mem::discriminant(&parsed),
+                        std::mem::discriminant(&message)
+                    );
+                    let Target::Page(page) = push.target else {
+                        return Err(TestCaseError::fail("a page scene renders a page"));
+                    };
+                    prop_assert!(Name::try_from(&*page).is_ok());
+                }
+                Err(SceneError::MissingParam(_)) | Err(SceneError::BadTarget(_)) => {}
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use redis::aio::MultiplexedConnection;
 use super::{Fanout, Published};
 use crate::config::RedisSettings;
 use crate::metrics::Metrics;
-use crate::push::{Push, Target};
+use crate::push::{Name, Push, Target};
 use crate::registry::RedisKeys;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -213,8 +213,8 @@ fn decode(bytes: &[u8]) -> Option<(Push, u64)> {
     let payload = rest.get(key_len..)?;
     let target = match kind {
         'a' if key.is_empty() => Target::All,
-        'p' if !key.is_empty() => Target::Page(key.into()),
-        'u' if !key.is_empty() => Target::Uid(key.into()),
+        'p' => Target::Page(Name::try_from(key).ok()?),
+        'u' => Target::Uid(Name::try_from(key).ok()?),
         _ => return None,
     };
     let push = Push::new(target, ByteString::from(payload.to_owned()));
@@ -229,8 +229,8 @@ mod tests {
     fn envelopes_round_trip_any_target_name() {
         for target in [
             Target::All,
-            Target::Page("home".into()),
-            Target::Uid("名前:with:colons\n".into()),
+            Target::Page(Name::try_from("home").unwrap()),
+            Target::Uid(Name::try_from("名前:with:colons").unwrap()),
         ] {
             let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#);
             let (back, sent) = decode(encode(&push, 42).as_bytes()).unwrap();

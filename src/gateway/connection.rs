@@ -28,7 +28,8 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::config::WsPublish;
 use crate::hub::{ClosingGuard, ConnId, ConnMeta, Flush, Outbox, Wire, frame};
-use crate::push::{Ingress, Push, route_json_line};
+use crate::ingress::json_line::route_json_line;
+use crate::push::{Ingress, Name, Push};
 
 /// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
 const MAX_BOUND_UID_LEN: usize = 64;
@@ -284,7 +285,8 @@ impl Connection {
             self.outbox.offer(&PONG);
             return None;
         }
-        if self.may_publish() && text.starts_with('{') {
+        // A BOM in front of a publisher's JSON (.NET clients) is skipped.
+        if self.may_publish() && crate::edge::strip_bom(text).starts_with('{') {
             return match route_json_line(text, None) {
                 Ok(push) => Some(push),
                 Err(e) => {
@@ -295,9 +297,12 @@ impl Connection {
                 }
             };
         }
-        if first && !self.uid_bound && is_plain_id(text) {
+        if first
+            && !self.uid_bound
+            && let Some(uid) = plain_id(text)
+        {
             self.uid_bound = true;
-            if let Some(meta) = self.state.hub.bind_uid(self.id, Arc::from(text)) {
+            if let Some(meta) = self.state.hub.bind_uid(self.id, uid) {
                 self.state.registry.updated(self.id, &meta);
                 log::debug!("conn {} bound uid {text:?} by first frame", self.id);
             }
@@ -435,18 +440,27 @@ fn is_ping(text: &str) -> bool {
         && serde_json::from_str::<Typed<'_>>(text).is_ok_and(|t| t.kind == Some("ping"))
 }
 
-/// A Workerman-style uid frame: short, no whitespace, not JSON, not `heartbeat`.
-fn is_plain_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= MAX_BOUND_UID_LEN
-        && text != "heartbeat"
-        && !text.starts_with(['{', '[', '"'])
-        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+/// A Workerman-style uid frame (`ws.send(1)`, `ws.send('uid1')`): a [`Name`] of at
+/// most [`MAX_BOUND_UID_LEN`] bytes without whitespace, not starting like JSON
+/// (`{`, `[`, `"`) and not `heartbeat`.
+fn plain_id(text: &str) -> Option<Name> {
+    if text.len() > MAX_BOUND_UID_LEN
+        || text == "heartbeat"
+        || text.starts_with(['{', '[', '"'])
+        || text.chars().any(char::is_whitespace)
+    {
+        return None;
+    }
+    Name::try_from(text).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_plain_id(text: &str) -> bool {
+        plain_id(text).is_some()
+    }
 
     #[test]
     fn plain_ids_are_short_bare_words() {
@@ -456,6 +470,10 @@ mod tests {
         assert!(!is_plain_id(r#"{"type":"ping"}"#));
         assert!(!is_plain_id("two words"));
         assert!(!is_plain_id(&"x".repeat(65)));
+        assert!(is_plain_id(&"x".repeat(64)));
+        assert!(!is_plain_id(""));
+        assert!(!is_plain_id("a\u{202e}b"));
+        assert!(!is_plain_id("a\u{1}b"));
     }
 
     #[test]

@@ -33,31 +33,20 @@ use actix_http::{ConnectionType, Request, Response};
 use actix_service::{ServiceFactory, fn_factory, fn_service};
 use actix_web::ResponseError;
 use futures_util::SinkExt;
-use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use crate::app::AppState;
 use crate::auth::{Refusal, Role};
+use crate::edge::Query;
 use crate::error::ApiError;
 use crate::hub::ConnMeta;
+use crate::push::Name;
 
 mod connection;
 pub mod heartbeat;
 
-/// Longest page, uid or session name accepted.
-const MAX_NAME_LEN: usize = 128;
-
 /// Paths that take a WebSocket upgrade.
 const WS_PATHS: [&str; 2] = ["/", "/ws"];
-
-/// What the connect URL may carry.
-#[derive(Debug, Default, Deserialize)]
-struct ConnectQuery {
-    token: Option<String>,
-    page: Option<String>,
-    uid: Option<String>,
-    session: Option<String>,
-}
 
 /// A connect that passed every check.
 struct Accepted {
@@ -103,7 +92,12 @@ async fn upgrade(
         }
     };
     let response = match actix_http::ws::handshake(request.head()) {
-        Ok(mut builder) => builder.finish().drop_body(),
+        Ok(mut builder) => {
+            if let Some(protocol) = first_protocol(&request.head().headers) {
+                builder.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+            }
+            builder.finish().drop_body()
+        }
         Err(e) => {
             state.metrics.rejected("handshake");
             let refusal = ApiError::bad_request(format!("websocket handshake failed: {e}"));
@@ -169,14 +163,9 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
     )
     .map_err(|e| reject("origin", e))?;
 
-    let query: ConnectQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or(""))
-        .map_err(|e| {
-            reject(
-                "query",
-                ApiError::bad_request(format!("bad query string: {e}")),
-            )
-        })?;
-    let role = match state.tokens.connect_role(query.token.as_deref()) {
+    // A repeated key counts with its last value; unknown keys are ignored.
+    let query = Query::parse(request.uri().query().unwrap_or(""));
+    let role = match state.tokens.connect_role(query.get("token")) {
         Ok(role) => role,
         Err(Refusal::MissingToken) => {
             return Err(reject("token", ApiError::unauthorized("missing token")));
@@ -186,9 +175,9 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
         }
     };
     let meta = ConnMeta {
-        page: name("page", query.page).map_err(|e| reject("query", e))?,
-        uid: name("uid", query.uid).map_err(|e| reject("query", e))?,
-        session: name("session", query.session).map_err(|e| reject("query", e))?,
+        page: name(&query, "page").map_err(|e| reject("query", e))?,
+        uid: name(&query, "uid").map_err(|e| reject("query", e))?,
+        session: name(&query, "session").map_err(|e| reject("query", e))?,
         connected_at: unix_now(),
     };
     Ok(Accepted { meta, role })
@@ -211,17 +200,33 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError>
     }
 }
 
-fn name(field: &str, value: Option<String>) -> Result<Option<Arc<str>>, ApiError> {
-    match value {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) => {
-            Err(ApiError::bad_request(format!(
-                "{field} must be at most {MAX_NAME_LEN} bytes without control characters"
-            )))
-        }
-        Some(v) => Ok(Some(Arc::from(v))),
+/// `?{field}=` as a [`Name`]; absent or empty means none (the seed pages build
+/// their URL with an empty `uid=` when nobody is logged in).
+fn name(query: &Query, field: &str) -> Result<Option<Name>, ApiError> {
+    query
+        .non_empty(field)
+        .map(|value| {
+            Name::try_from(value).map_err(|e| ApiError::bad_request(format!("?{field}= {e}")))
+        })
+        .transpose()
+}
+
+/// The first protocol of the client's `Sec-WebSocket-Protocol` offer (RFC 6455
+/// §4.2.2: the server selects one of the offered values). Browsers abort a
+/// handshake whose `101` selects none after they offered some; scenecast speaks
+/// the same frames whatever the name, so it takes the client's first choice.
+fn first_protocol(headers: &HeaderMap) -> Option<header::HeaderValue> {
+    let offer = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    let first = offer.split(',').next()?.trim();
+    // An RFC 9110 token, as RFC 6455 §4.1 requires of protocol names.
+    let is_token = !first.is_empty()
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !is_token {
+        return None;
     }
+    header::HeaderValue::from_str(first).ok()
 }
 
 fn unix_now() -> u64 {

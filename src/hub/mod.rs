@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
 
-use crate::push::{Push, Target};
+use crate::push::{Name, Push, Target};
 
 /// Node-local connection number; unique for the life of the process.
 pub type ConnId = u64;
@@ -26,9 +26,9 @@ pub type ConnId = u64;
 /// What is known about a connection, as recorded in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnMeta {
-    pub page: Option<Arc<str>>,
-    pub uid: Option<Arc<str>>,
-    pub session: Option<Arc<str>>,
+    pub page: Option<Name>,
+    pub uid: Option<Name>,
+    pub session: Option<Name>,
     /// Unix time in seconds.
     pub connected_at: u64,
 }
@@ -52,8 +52,8 @@ type Members = HashMap<ConnId, Arc<Outbox>>;
 #[derive(Default)]
 struct State {
     conns: HashMap<ConnId, Conn>,
-    by_page: HashMap<Arc<str>, Members>,
-    by_uid: HashMap<Arc<str>, Members>,
+    by_page: HashMap<Name, Members>,
+    by_uid: HashMap<Name, Members>,
 }
 
 impl State {
@@ -115,13 +115,13 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
-fn index(map: &mut HashMap<Arc<str>, Members>, key: &Arc<str>, id: ConnId, outbox: &Arc<Outbox>) {
+fn index(map: &mut HashMap<Name, Members>, key: &Name, id: ConnId, outbox: &Arc<Outbox>) {
     map.entry(key.clone())
         .or_default()
         .insert(id, outbox.clone());
 }
 
-fn unindex(map: &mut HashMap<Arc<str>, Members>, key: &Arc<str>, id: ConnId) {
+fn unindex(map: &mut HashMap<Name, Members>, key: &Name, id: ConnId) {
     if let Some(members) = map.get_mut(key) {
         members.remove(&id);
         if members.is_empty() {
@@ -176,7 +176,7 @@ impl Hub {
 
     /// Binds `uid` to a connection that has none yet; returns the updated metadata,
     /// or `None` when the connection is gone or already has a uid.
-    pub fn bind_uid(&self, id: ConnId, uid: Arc<str>) -> Option<ConnMeta> {
+    pub fn bind_uid(&self, id: ConnId, uid: Name) -> Option<ConnMeta> {
         let mut state = self.write();
         let state = &mut *state;
         let conn = state.conns.get_mut(&id)?;
@@ -258,7 +258,7 @@ impl Hub {
     }
 
     /// Connections per page on this node (connections without a page are not listed).
-    pub fn page_counts(&self) -> Vec<(Arc<str>, usize)> {
+    pub fn page_counts(&self) -> Vec<(Name, usize)> {
         let state = self.read();
         let mut counts: Vec<_> = state
             .by_page
@@ -301,10 +301,14 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn name(text: &str) -> Name {
+        Name::try_from(text).unwrap()
+    }
+
     fn meta(page: Option<&str>, uid: Option<&str>) -> ConnMeta {
         ConnMeta {
-            page: page.map(Arc::from),
-            uid: uid.map(Arc::from),
+            page: page.map(name),
+            uid: uid.map(name),
             session: None,
             connected_at: 0,
         }
@@ -323,9 +327,9 @@ mod tests {
         let (_, home2) = hub.open(meta(Some("home"), None), 0);
         let (_, list) = hub.open(meta(Some("list"), Some("7")), 0);
 
-        let page = hub.deliver(&Push::new(Target::Page("home".into()), "h"));
+        let page = hub.deliver(&Push::new(Target::Page(name("home")), "h"));
         assert_eq!(page.delivered, 2);
-        let uid = hub.deliver(&Push::new(Target::Uid("7".into()), "u"));
+        let uid = hub.deliver(&Push::new(Target::Uid(name("7")), "u"));
         assert_eq!(uid.delivered, 2);
         let all = hub.deliver(&Push::new(Target::All, "a"));
         assert_eq!(all.delivered, 3);
@@ -340,15 +344,15 @@ mod tests {
         let hub = Hub::new(1 << 20);
         let (a, _) = hub.open(meta(Some("home"), None), 0);
         let (b, _) = hub.open(meta(Some("home"), None), 0);
-        assert!(hub.bind_uid(a, "u1".into()).is_some());
+        assert!(hub.bind_uid(a, name("u1")).is_some());
         assert!(
-            hub.bind_uid(a, "u2".into()).is_none(),
+            hub.bind_uid(a, name("u2")).is_none(),
             "a bound uid is never re-bound"
         );
-        assert_eq!(hub.count(&Target::Uid("u1".into())), 1);
+        assert_eq!(hub.count(&Target::Uid(name("u1"))), 1);
         assert_eq!(hub.close(a).unwrap().uid.as_deref(), Some("u1"));
-        assert_eq!(hub.count(&Target::Uid("u1".into())), 0);
-        assert_eq!(hub.count(&Target::Page("home".into())), 1);
+        assert_eq!(hub.count(&Target::Uid(name("u1"))), 0);
+        assert_eq!(hub.count(&Target::Page(name("home"))), 1);
         hub.close(b);
         assert!(hub.page_counts().is_empty());
         assert!(hub.is_empty());

@@ -5,12 +5,14 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytestring::ByteString;
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::app::AppState;
+use crate::edge::{Query, bearer_token, strip_bom_bytes};
 use crate::error::ApiError;
-use crate::push::{Ingress, Push, Target};
+use crate::push::{Ingress, Name, Push, Target};
 use crate::scenes::Params;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -34,22 +36,35 @@ async fn ws_only() -> Result<HttpResponse, ApiError> {
     ))
 }
 
-/// The API token from `Authorization: Bearer ...`, else from `?token=`.
-fn api_token<'a>(req: &'a HttpRequest, query_token: Option<&'a str>) -> Option<&'a str> {
-    req.headers()
+/// Where a handler takes its API token from.
+#[derive(Clone, Copy)]
+enum TokenFrom<'a> {
+    /// `Authorization: Bearer` only (`POST /api/push`).
+    Header,
+    /// The header, else this `?token=` value (GET triggers and read APIs).
+    HeaderOrQuery(Option<&'a str>),
+}
+
+/// The API token from `Authorization: Bearer ...` (any case of `Bearer`), else
+/// from `?token=` where the endpoint takes it.
+fn api_token<'a>(req: &'a HttpRequest, from: TokenFrom<'a>) -> Option<&'a str> {
+    let header = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .or(query_token)
+        .and_then(bearer_token);
+    match from {
+        TokenFrom::Header => header,
+        TokenFrom::HeaderOrQuery(query) => header.or(query),
+    }
 }
 
 fn require_api_token(
     req: &HttpRequest,
-    query_token: Option<&str>,
+    from: TokenFrom<'_>,
     state: &AppState,
 ) -> Result<(), ApiError> {
-    match api_token(req, query_token) {
+    match api_token(req, from) {
         Some(token) if state.tokens.is_api(token) => Ok(()),
         Some(_) => {
             state.metrics.rejected("api_token");
@@ -57,24 +72,21 @@ fn require_api_token(
         }
         None => {
             state.metrics.rejected("api_token");
-            Err(ApiError::unauthorized(
-                "missing API token (Authorization: Bearer ... or ?token=)",
-            ))
+            Err(ApiError::unauthorized(match from {
+                TokenFrom::Header => "missing API token (Authorization: Bearer ...)",
+                TokenFrom::HeaderOrQuery(_) => {
+                    "missing API token (Authorization: Bearer ... or ?token=)"
+                }
+            }))
         }
     }
 }
 
 /// `GET /?func=NAME&token=API_TOKEN[&params]`: runs a scene.
 async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    let find = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
-    let func = match find("func") {
+    // A repeated key counts with its last value, as in PHP's `$_GET`.
+    let query = Query::parse(req.query_string());
+    let func = match query.get("func") {
         Some(func) if !func.is_empty() => func.to_string(),
         _ => {
             state.metrics.rejected("missing_func");
@@ -83,15 +95,16 @@ async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Ap
             ));
         }
     };
-    require_api_token(req, find("token"), state)?;
+    require_api_token(req, TokenFrom::HeaderOrQuery(query.get("token")), state)?;
     let Some(scene) = state.scenes.get(&func) else {
         state.metrics.rejected("unknown_func");
         return Err(ApiError::not_found(format!("unknown func {func:?}"))
             .with("funcs", state.scenes.funcs()));
     };
-    let push = scene
-        .render(&Params::from_pairs(pairs))
-        .map_err(|e| ApiError::bad_request(format!("{func}: {e}")))?;
+    let push = scene.render(&Params::from_query(&query)).map_err(|e| {
+        state.metrics.rejected("scene_params");
+        ApiError::bad_request(format!("{func}: {e}"))
+    })?;
     if push.payload.len() > state.settings.server.max_message_bytes {
         return Err(ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,45 +137,34 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes
     Ok(body)
 }
 
-/// A page or uid given as a string or a number.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Name {
-    Text(String),
-    Number(serde_json::Number),
-}
-
-impl Name {
-    fn into_string(self) -> String {
-        match self {
-            Name::Text(s) => s,
-            Name::Number(n) => n.to_string(),
-        }
-    }
-}
-
+/// The body of `POST /api/push`. `page` and `uid` are kept as written so that an
+/// explicit `null` is told from an absent field (and refused), and an integer id
+/// keeps every digit.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PushRequest {
-    page: Option<Name>,
-    uid: Option<Name>,
+struct PushRequest<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    page: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    uid: Option<&'a RawValue>,
     #[serde(default)]
     all: bool,
     message: serde_json::Value,
 }
 
-fn push_target(request: &mut PushRequest) -> Result<Target, ApiError> {
-    let named = |name: Name, field: &str| {
-        let name = name.into_string();
-        if name.is_empty() {
-            Err(ApiError::bad_request(format!("{field} must not be empty")))
-        } else {
-            Ok(name)
-        }
+/// A field that is present, whatever its value: `null` becomes `Some("null")`,
+/// where serde's `Option` would make it `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+fn push_target(request: &PushRequest<'_>) -> Result<Target, ApiError> {
+    let named = |raw: &RawValue, field: &str| {
+        Name::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("\"{field}\" {e}")))
     };
-    match (request.page.take(), request.uid.take(), request.all) {
-        (Some(page), None, false) => Ok(Target::Page(named(page, "page")?.into())),
-        (None, Some(uid), false) => Ok(Target::Uid(named(uid, "uid")?.into())),
+    match (request.page, request.uid, request.all) {
+        (Some(page), None, false) => Ok(Target::Page(named(page, "page")?)),
+        (None, Some(uid), false) => Ok(Target::Uid(named(uid, "uid")?)),
         (None, None, true) => Ok(Target::All),
         _ => Err(ApiError::bad_request(
             "give exactly one target: \"page\", \"uid\" or \"all\": true",
@@ -176,14 +178,15 @@ async fn api_push(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_api_token(&req, None, &state)?;
+    require_api_token(&req, TokenFrom::Header, &state)?;
     let limit = state.settings.server.max_message_bytes;
     let body = read_body(payload, limit.saturating_mul(2)).await?;
-    let mut request: PushRequest = serde_json::from_slice(&body).map_err(|e| {
+    // A BOM in front of the JSON (.NET, PowerShell) is skipped.
+    let request: PushRequest<'_> = serde_json::from_slice(strip_bom_bytes(&body)).map_err(|e| {
         state.metrics.rejected("bad_json");
         ApiError::bad_request(format!("malformed JSON: {e}"))
     })?;
-    let target = push_target(&mut request)?;
+    let target = push_target(&request).inspect_err(|_| state.metrics.rejected("api_target"))?;
     let text = request.message.to_string();
     if text.len() > limit {
         return Err(ApiError::new(
@@ -202,22 +205,20 @@ async fn api_push(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PresenceQuery {
-    page: Option<String>,
-    uid: Option<String>,
-    token: Option<String>,
-}
-
 /// `GET /api/presence?page=P` or `?uid=U`.
 async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let query: PresenceQuery = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    require_api_token(&req, query.token.as_deref(), &state)?;
-    let (field, target) = match (query.page, query.uid) {
-        (Some(page), None) if !page.is_empty() => ("page", Target::Page(page.into())),
-        (None, Some(uid)) if !uid.is_empty() => ("uid", Target::Uid(uid.into())),
+    // Unknown keys (cache busters such as `_=123`) are ignored.
+    let query = Query::parse(req.query_string());
+    require_api_token(&req, TokenFrom::HeaderOrQuery(query.get("token")), &state)?;
+    let named = |field: &str, value: &str| {
+        Name::try_from(value).map_err(|e| {
+            state.metrics.rejected("query");
+            ApiError::bad_request(format!("?{field}= {e}"))
+        })
+    };
+    let (field, target) = match (query.get("page"), query.get("uid")) {
+        (Some(page), None) => ("page", Target::Page(named("page", page)?)),
+        (None, Some(uid)) => ("uid", Target::Uid(named("uid", uid)?)),
         _ => return Err(ApiError::bad_request("give exactly one of ?page= or ?uid=")),
     };
     let count = state.registry.count(&target).await;
@@ -233,17 +234,11 @@ async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
 /// `GET /api/stats`: connections per page and totals.
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let query: TokenQuery = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    require_api_token(&req, query.token.as_deref(), &state)?;
+    // Unknown keys (cache busters such as `_=123`) are ignored.
+    let query = Query::parse(req.query_string());
+    require_api_token(&req, TokenFrom::HeaderOrQuery(query.get("token")), &state)?;
     let stats = state.registry.stats().await;
     Ok(HttpResponse::Ok().json(json!({
         "code": 200,

@@ -29,9 +29,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::json_line::route_json_line;
 use super::throttle::WarnThrottle;
 use crate::app::AppState;
-use crate::push::{Ingress, Push, RouteError, route_json_line};
+use crate::push::{Ingress, Push};
 
 /// Text connections open at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -212,17 +213,13 @@ impl Port {
         let Ok(line) = std::str::from_utf8(line) else {
             return Some(Err(("text_encoding", "line is not UTF-8".into())));
         };
-        if line.trim().is_empty() {
+        if crate::edge::strip_bom(line).trim().is_empty() {
             return None;
         }
-        Some(route_json_line(line, self.token.as_deref()).map_err(|e| {
-            let reason = match e {
-                RouteError::NotJson(_) => "text_json",
-                RouteError::BadToken => "text_token",
-                RouteError::BadTarget(_) => "text_target",
-            };
-            (reason, e.to_string())
-        }))
+        Some(
+            route_json_line(line, self.token.as_deref())
+                .map_err(|e| (e.reason(Ingress::Text), e.to_string())),
+        )
     }
 
     fn refuse(&self, reason: &'static str, peer: SocketAddr, problem: std::fmt::Arguments<'_>) {

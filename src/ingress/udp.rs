@@ -14,9 +14,10 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use super::json_line::route_json_line;
 use super::throttle::WarnThrottle;
 use crate::app::AppState;
-use crate::push::{Ingress, RouteError, route_json_line};
+use crate::push::Ingress;
 
 /// After a receive error, wait this long so a persistent error cannot spin the CPU.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
@@ -53,7 +54,10 @@ async fn receive_loop(socket: UdpSocket, state: Arc<AppState>) {
                 "udp_too_big",
                 format!("over server.max_message_bytes ({max})"),
             ))
-        } else if datagram.trim_ascii().is_empty() {
+        } else if crate::edge::strip_bom_bytes(datagram)
+            .trim_ascii()
+            .is_empty()
+        {
             Some(("udp_empty", "empty datagram".to_string()))
         } else {
             match std::str::from_utf8(datagram) {
@@ -63,14 +67,7 @@ async fn receive_loop(socket: UdpSocket, state: Arc<AppState>) {
                         state.publish(push, Ingress::Udp).await;
                         None
                     }
-                    Err(e) => {
-                        let reason = match e {
-                            RouteError::NotJson(_) => "udp_json",
-                            RouteError::BadToken => "udp_token",
-                            RouteError::BadTarget(_) => "udp_target",
-                        };
-                        Some((reason, e.to_string()))
-                    }
+                    Err(e) => Some((e.reason(Ingress::Udp), e.to_string())),
                 },
             }
         };
