@@ -122,9 +122,18 @@ impl Name {
             Some((mantissa, exponent)) => (mantissa, Some(exponent)),
             None => (unsigned, None),
         };
-        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let (int, frac) = match mantissa.split_once('.') {
+            Some((int, frac)) if !frac.is_empty() => (int, frac),
+            Some(_) => return Err(NameError::NotIntegral("a number")),
+            None => (mantissa, ""),
+        };
         let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if int.is_empty() || !is_digits(int) || !is_digits(frac) {
+        let exponent_digits = exponent.map(|e| e.strip_prefix(['+', '-']).unwrap_or(e));
+        if int.is_empty()
+            || !is_digits(int)
+            || !is_digits(frac)
+            || exponent_digits.is_some_and(|e| e.is_empty() || !is_digits(e))
+        {
             return Err(NameError::NotIntegral("a number"));
         }
         let digits = format!("{int}{frac}");
