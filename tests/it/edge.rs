@@ -58,8 +58,13 @@ async fn server() -> TestServer {
     .await
 }
 
+/// A connected tab, known to be in the hub: the pong to its heartbeat comes from
+/// its connection task, which runs once the connection is registered.
 async fn client(server: &TestServer, query: &str) -> WsClient {
-    WsClient::connect(&server.ws_url(&format!("/?token={CLIENT_TOKEN}&{query}"))).await
+    let mut client =
+        WsClient::connect(&server.ws_url(&format!("/?token={CLIENT_TOKEN}&{query}"))).await;
+    sync(&mut client).await;
+    client
 }
 
 /// Pushes a marker to page home through the API; `bystander` must get it next.
@@ -184,7 +189,8 @@ async fn a_target_that_is_not_a_name_is_refused_at_every_door_and_reaches_nobody
 async fn integral_numbers_reach_the_tab_bound_by_a_number() {
     let server = server().await;
     // Workerman's `ws.send(1)`: the first frame binds uid "1".
-    let mut tab = client(&server, "page=home").await;
+    let mut tab =
+        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
     tab.send("1").await;
     sync(&mut tab).await;
     let mut text = TextClient::connect(server.text_addr.unwrap()).await;
