@@ -63,7 +63,6 @@ impl Template {
 fn split_params(text: &str, mut literal: impl FnMut(&str, &mut Vec<Piece>)) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut rest = text;
-    // `{` is one byte, so every split below falls on a character boundary.
     while let Some((before, after)) = rest.split_once('{') {
         let name_len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -76,8 +75,9 @@ fn split_params(text: &str, mut literal: impl FnMut(&str, &mut Vec<Piece>)) -> V
                 rest = tail;
             }
             _ => {
-                literal(before, &mut pieces);
-                literal("{", &mut pieces);
+                // Not a hole: the brace stays literal, scanning goes on after it.
+                let brace = rest.len() - after.len();
+                literal(rest.get(..brace).unwrap_or(rest), &mut pieces);
                 rest = after;
             }
         }
@@ -95,11 +95,9 @@ fn push_literal(text: &str, pieces: &mut Vec<Piece>) {
 /// Appends `value` as the inside of a JSON string (no quotes).
 fn json_escape_into(value: &str, out: &mut String) {
     let quoted = serde_json::Value::from(value).to_string();
-    let inner = quoted
-        .strip_prefix('"')
-        .and_then(|q| q.strip_suffix('"'))
-        .unwrap_or_default();
-    out.push_str(inner);
+    // A serialized JSON string always starts and ends with `"`.
+    let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+    out.push_str(inner.unwrap_or_default());
 }
 
 fn push_json_literal(text: &str, pieces: &mut Vec<Piece>) {
