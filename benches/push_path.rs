@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use scenecast::config::SceneConfig;
+use scenecast::edge::Query;
 use scenecast::hub::{ConnMeta, Hub, Outbox, frame};
+use scenecast::ingress::json_line::route_json_line;
 use scenecast::push::{Name, Push, Target};
 use scenecast::scenes::{Params, SceneTable};
 
@@ -109,12 +111,26 @@ fn scene_rendering(c: &mut Criterion) {
     let query = "func=pushHomeLogic&token=t&page=home&order=1234&who=A%22B&seq=42&t_ns=123456789";
     c.bench_function("scene_render", |b| {
         b.iter(|| {
-            let pairs: Vec<(String, String)> =
-                serde_urlencoded::from_str(black_box(query)).expect("query");
-            scene.render(&Params::from_pairs(pairs)).expect("renders")
+            let query = Query::parse(black_box(query));
+            scene.render(&Params::from_query(&query)).expect("renders")
         })
     });
 }
 
-criterion_group!(benches, fan_out, framing, scene_rendering);
+/// The text port's, UDP port's and publishers' router: one Workerman line, as is and
+/// with the inner token cut out.
+fn json_line(c: &mut Criterion) {
+    let line = r#"{"uid":"uid1","percent":"88%","order":{"id":1234,"items":[1,2,3]},"t":1.5}"#;
+    let tokenised = r#"{"uid":"uid1","token":"inner-secret","percent":"88%","order":{"id":1234,"items":[1,2,3]},"t":1.5}"#;
+    let mut group = c.benchmark_group("json_line");
+    group.bench_function("route", |b| {
+        b.iter(|| route_json_line(black_box(line), None).expect("routes"))
+    });
+    group.bench_function("route_cut_token", |b| {
+        b.iter(|| route_json_line(black_box(tokenised), Some("inner-secret")).expect("routes"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fan_out, framing, scene_rendering, json_line);
 criterion_main!(benches);

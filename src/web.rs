@@ -21,6 +21,7 @@ use askama::Template;
 use askama_web::WebTemplate;
 
 use crate::app::AppState;
+use crate::edge::Query;
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -125,8 +126,7 @@ async fn static_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpRe
             file.as_str()
         )));
     };
-    let versioned = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .is_ok_and(|q| q.iter().any(|(k, v)| k == "v" && v == asset_version()));
+    let versioned = Query::parse(req.query_string()).get("v") == Some(asset_version());
     let cache = if versioned {
         "public, max-age=31536000, immutable"
     } else {

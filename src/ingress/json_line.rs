@@ -356,8 +356,55 @@ mod tests {
             .collect()
     }
 
+    /// Members of an object line, in order, as (key, value text as written).
+    fn raw_members_of(text: &str) -> Vec<(String, String)> {
+        let Members(members) = serde_json::from_str(text).unwrap();
+        members
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.get().to_owned()))
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Cutting the token out of any object, wherever it stands and however the
+        /// object is spaced: the rest parses, and holds every other member in order
+        /// with its value text unchanged.
+        #[test]
+        fn the_token_is_cut_out_and_nothing_else_changes(
+            members in proptest::collection::vec(("[a-z]{1,3}|uid|page", json_value()), 0..5),
+            at in any::<proptest::sample::Index>(),
+            spaces in proptest::collection::vec("[ \t\r\n]{0,2}", 24),
+            escaped_key in any::<bool>(),
+        ) {
+            let at = at.index(members.len() + 1);
+            let key = if escaped_key { r#""\u0074oken""# } else { r#""token""# };
+            let mut parts: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::Value::from(k.as_str()), v))
+                .collect();
+            parts.insert(at, format!("{key}{}:{}\"s3cr3t-token\"", spaces[0], spaces[1]));
+            let mut line = String::from("{");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    line.push_str(&spaces[2 * i + 2]);
+                    line.push(',');
+                }
+                line.push_str(&spaces[2 * i + 3]);
+                line.push_str(part);
+            }
+            line.push_str(&spaces[23]);
+            line.push('}');
+
+            let Members(parsed) = serde_json::from_str(&line).unwrap();
+            let cut = without_member(&line, &parsed, at).expect("a member can be cut");
+            let mut want = raw_members_of(&line);
+            want.remove(at);
+            prop_assert_eq!(raw_members_of(&cut), want);
+            prop_assert!(cut.len() < line.len());
+            prop_assert!(!cut.contains("s3cr3t-token"));
+        }
 
         /// Arbitrary bytes: never a panic.
         #[test]
