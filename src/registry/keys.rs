@@ -2,7 +2,7 @@
 //! The registry writes them; the bus reads the counts and publishes on the channel.
 
 use crate::hub::ConnId;
-use crate::push::Target;
+use crate::push::{Name, Target};
 
 #[derive(Debug, Clone)]
 pub struct RedisKeys {
@@ -23,12 +23,12 @@ impl RedisKeys {
     pub fn conns(&self) -> String {
         format!("{}:conns", self.prefix)
     }
-    /// Set: ids of connections on `page`.
-    pub fn page(&self, page: &str) -> String {
+    /// Set: ids of connections on `page` (a [`Name`]: bounded, no control characters).
+    pub fn page(&self, page: &Name) -> String {
         format!("{}:page:{page}", self.prefix)
     }
-    /// Set: ids of connections bound to `uid`.
-    pub fn uid(&self, uid: &str) -> String {
+    /// Set: ids of connections bound to `uid` (a [`Name`]).
+    pub fn uid(&self, uid: &Name) -> String {
         format!("{}:uid:{uid}", self.prefix)
     }
     /// Set: ids owned by `node` (for crash clean-up).
