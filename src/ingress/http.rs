@@ -160,7 +160,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 fn push_target(request: &PushRequest<'_>) -> Result<Target, ApiError> {
     let named = |raw: &RawValue, field: &str| {
-        Name::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("\"{field}\" {e}")))
+        Name::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("{field} {e}")))
     };
     match (request.page, request.uid, request.all) {
         (Some(page), None, false) => Ok(Target::Page(named(page, "page")?)),
