@@ -115,14 +115,16 @@ fn asset_version() -> &'static str {
 /// `/static/{file}`: compiled-in files with their content type, an ETag, and a
 /// year-long cache when the URL names the current version (else revalidate).
 async fn static_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let Some(index) = ASSETS.iter().position(|a| a.name == file.as_str()) else {
+    let Some((asset, etag)) = ASSETS
+        .iter()
+        .zip(&VERSIONS.etags)
+        .find(|(a, _)| a.name == file.as_str())
+    else {
         return Err(ApiError::not_found(format!(
             "no static file {:?}",
             file.as_str()
         )));
     };
-    let asset = &ASSETS[index];
-    let etag = &VERSIONS.etags[index];
     let versioned = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .is_ok_and(|q| q.iter().any(|(k, v)| k == "v" && v == asset_version()));
     let cache = if versioned {
@@ -182,6 +184,55 @@ struct BackPage {
 struct DashboardPage {
     view: &'static str,
     version: &'static str,
+}
+
+/// `/` for a browser: where the pages and the docs are.
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+struct IndexPage {
+    view: &'static str,
+    version: &'static str,
+    /// `0.1.0 (commit abc1234)`
+    version_text: &'static str,
+    node: String,
+    mode: &'static str,
+    /// The Host the browser used, for the examples (a placeholder when unusable).
+    host: String,
+}
+
+/// Whether a request to `/` without a query comes from a browser that wants a
+/// page (`Accept: text/html`); programs get the trigger's JSON answers.
+pub fn wants_index(req: &HttpRequest) -> bool {
+    req.query_string().is_empty()
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// The index page (see [`wants_index`]).
+pub fn index(req: &HttpRequest, state: &AppState) -> HttpResponse {
+    let host = req.connection_info().host().to_string();
+    let page = IndexPage {
+        view: "index",
+        version: asset_version(),
+        version_text: concat!(
+            "scenecast ",
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("SCENECAST_COMMIT"),
+            ")"
+        ),
+        node: state.node_id.to_string(),
+        mode: state.registry.mode(),
+        host: if is_plain_host(&host) {
+            host
+        } else {
+            "HOST:PORT".into()
+        },
+    };
+    with_page_headers(page, req)
 }
 
 async fn home(req: HttpRequest) -> HttpResponse {

@@ -24,6 +24,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// `/` serves both the WebSocket upgrade and the func trigger, as the seeds do; the
 /// upgrades never get here (the gateway takes them before routing).
 async fn root(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // A browser opening the root URL gets a page saying where things are.
+    if crate::web::wants_index(&req) {
+        return Ok(crate::web::index(&req, &state));
+    }
     trigger(&req, &state).await
 }
 
