@@ -180,6 +180,15 @@ async fn api_push(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Only the header here: a body-carrying API keeps its secret out of URLs (and
+    // so out of access logs), so the hint must not suggest `?token=`.
+    if api_token(&req, None).is_none() {
+        state.metrics.rejected("api_token");
+        return Err(ApiError::unauthorized(
+            "missing API token: send the header Authorization: Bearer API_TOKEN \
+             (POST /api/push does not read ?token=)",
+        ));
+    }
     require_api_token(&req, None, &state)?;
     let limit = state.settings.server.max_message_bytes;
     let body = read_body(payload, limit.saturating_mul(2)).await?;
