@@ -466,3 +466,24 @@ async fn scenes_profile(clone: &Path) {
     let frame: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
     assert_eq!(frame["message"], "后端按了按钮1");
 }
+
+/// The 401 of `POST /api/push` names the one place it reads the token from.
+#[tokio::test]
+async fn the_push_api_401_names_the_header_not_the_query() {
+    let server = TestServer::start(|_| {}).await;
+    let response = server
+        .http
+        .post(server.http_url(&format!(
+            "/api/push?token={}",
+            crate::common::API_TOKEN
+        )))
+        .body(r#"{"all":true,"message":1}"#)
+        .send()
+        .await
+        .expect("POST /api/push");
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("JSON");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Authorization: Bearer"), "{body}");
+    assert!(!message.contains("or ?token="), "{body}");
+}
