@@ -1,9 +1,15 @@
 //! Settings: built-in defaults, then a TOML file, then `SCENECAST__SECTION__KEY`
-//! environment variables, layered by the `config` crate and validated once at start.
+//! environment variables, validated once at start.
+//!
+//! The layering is done here rather than by the `config` crate, whose environment
+//! source guesses types from the text (`SCENECAST__SERVER__NODE_ID=007` became the
+//! number 7, a numeric token stopped the server): a variable is typed by the default
+//! of the setting it names, so text stays text, and an error can name the variable.
 //!
 //! Unknown keys are errors (`deny_unknown_fields`): a typo in the file must not turn
-//! into a silently ignored setting. Every error names the key it is about, because the
-//! binary prints it as its one line before exiting with status 2.
+//! into a silently ignored setting. Every error names the key it is about, and where
+//! it was set (the file and line, or the variable), because the binary prints it as
+//! its one line before exiting with status 2.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -679,6 +685,12 @@ fn env_setting(
         return Err(invalid(key, "the value is not UTF-8").at(var));
     };
     let refuse = |problem: String| invalid(path.join("."), problem).at(var);
+    for depth in 1..path.len() {
+        let parent = path.get(..depth).unwrap_or_default();
+        if lookup(defaults, parent).is_some_and(|v| !v.is_table()) {
+            return Err(refuse(format!("{} is not a section", parent.join("."))));
+        }
+    }
     let default = lookup(defaults, &path);
     let typed = match default {
         None | Some(toml::Value::String(_)) => toml::Value::String(text.to_string()),
@@ -860,5 +872,110 @@ fn mask_url_password(text: &str) -> String {
             format!("{scheme}://{user}:***@{host}")
         }
         _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn serde_messages_become_actionable() {
+        let e = describe(
+            "ingress.ws_publish",
+            "unknown variant `everyone`, expected one of `api_token`, `any`, `off`",
+        );
+        assert_eq!(
+            e.to_string(),
+            "ingress.ws_publish: \"everyone\" is not one of api_token, any, off"
+        );
+        let e = describe("a.mode", "unknown variant `x`, expected `on` or `off`");
+        assert_eq!(e.to_string(), "a.mode: \"x\" is not one of on, off");
+        let e = describe(
+            "server.bnd",
+            "unknown field `bnd`, expected `bind` or `node_id`",
+        );
+        assert_eq!(
+            e.to_string(),
+            "unknown setting server.bnd (known in [server]: bind, node_id)"
+        );
+        let e = describe(
+            "servr",
+            "unknown field `servr`, expected one of `server`, `auth`",
+        );
+        assert_eq!(
+            e.to_string(),
+            "unknown setting servr (known sections: server, auth)"
+        );
+    }
+
+    #[test]
+    fn urls_keep_everything_but_the_password() {
+        assert_eq!(mask_url_password("redis://:pw@h:1/"), "redis://:***@h:1/");
+        assert_eq!(mask_url_password("redis://u:pw@h/0"), "redis://u:***@h/0");
+        assert_eq!(mask_url_password("redis://h:6379/"), "redis://h:6379/");
+        assert_eq!(mask_url_password("no url"), "no url");
+    }
+
+    #[test]
+    fn a_variable_is_typed_by_the_setting_it_names() {
+        let (s, source) = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            env(&[
+                ("SCENECAST__SERVER__NODE_ID", "007"),
+                ("SCENECAST__SERVER__MAX_MESSAGE_BYTES", "1000"),
+                ("SCENECAST__AUTH__API_TOKENS", "1,2"),
+                ("SCENECAST_OTHER", "x"),
+                ("OTHER__SERVER__BIND", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.server.node_id, "007");
+        assert_eq!(s.server.max_message_bytes, 1000);
+        assert_eq!(s.auth.api_tokens, ["1", "2"]);
+        assert_eq!(source.env.len(), 3);
+
+        for (name, value, needle) in [
+            ("SCENECAST__SERVER", "x", "SCENECAST__SECTION__KEY"),
+            ("SCENECAST__SERVER__", "x", "SCENECAST__SECTION__KEY"),
+            ("SCENECAST__SERVER__WORKERS", "-", "not a whole number"),
+            (
+                "SCENECAST__AUTH__ALLOW_ANONYMOUS",
+                "maybe",
+                "not true or false",
+            ),
+            (
+                "SCENECAST__SERVER__BIND__X",
+                "1",
+                "server.bind is not a section",
+            ),
+            ("SCENECAST__SERVER__WORKERS", "-1", "server.workers"),
+        ] {
+            let error = Settings::load_from(Some(Path::new("/dev/null")), env(&[(name, value)]))
+                .expect_err(name)
+                .to_string();
+            assert!(error.starts_with(name), "{error}");
+            assert!(error.contains(needle), "{needle:?} not in {error}");
+        }
+    }
+
+    #[test]
+    fn spans_map_to_dotted_keys() {
+        let text = "[server]\nbind = 1\n\n[[scenes]]\nfunc = 2\n[[scenes]]\nfunc = 3\n";
+        let error = toml::from_str::<Settings>(text).expect_err("bind is not text");
+        assert_eq!(
+            located_key(text, &error),
+            Some(("server.bind".to_string(), 2))
+        );
+        let text = "[[scenes]]\nfunc = \"a\"\nmessage = 1\n[[scenes]]\nfunc = 3\n";
+        let error = toml::from_str::<Settings>(text).expect_err("func is not text");
+        assert_eq!(
+            located_key(text, &error),
+            Some(("scenes[1].func".to_string(), 5))
+        );
     }
 }

@@ -473,10 +473,7 @@ async fn the_push_api_401_names_the_header_not_the_query() {
     let server = TestServer::start(|_| {}).await;
     let response = server
         .http
-        .post(server.http_url(&format!(
-            "/api/push?token={}",
-            crate::common::API_TOKEN
-        )))
+        .post(server.http_url(&format!("/api/push?token={}", crate::common::API_TOKEN)))
         .body(r#"{"all":true,"message":1}"#)
         .send()
         .await
