@@ -325,6 +325,7 @@ async fn a_fresh_clone_runs_the_readme() {
     workerman_profile(&clone).await;
     udp_profile(&clone).await;
     scenes_profile(&clone).await;
+    laravel_profile(&clone).await;
 }
 
 /// The text of the README between `heading` and the next heading of its level.
@@ -443,6 +444,24 @@ async fn udp_profile(clone: &Path) {
     udp_send(udp, format!("{datagram}\n").as_bytes());
     let frame = ws.next_text(WAIT).await.expect("the datagram's frame");
     assert_eq!(frame, datagram);
+}
+
+/// examples/swoole-laravel.toml: the application publishes over a WebSocket.
+async fn laravel_profile(clone: &Path) {
+    let server = Proc::start(
+        clone,
+        &["serve", "--config", "examples/swoole-laravel.toml"],
+        &[],
+    );
+    let mut user = WsClient::connect(&server.ws("/?uid=1")).await;
+    server
+        .wait_connections("uid=1", "change-me-api-token", 1)
+        .await;
+    let mut app = WsClient::connect(&server.ws("/")).await;
+    let frame = r#"{"user_id":1,"cnt":5}"#;
+    app.send(frame).await;
+    let received: Value = serde_json::from_str(&user.recv_text().await).unwrap();
+    assert_eq!(received["cnt"], 5, "{received}");
 }
 
 /// examples/swoole-scenes.toml: the GET trigger with the profile's tokens.
