@@ -115,11 +115,11 @@ fn asset_version() -> &'static str {
 /// `/static/{file}`: compiled-in files with their content type, an ETag, and a
 /// year-long cache when the URL names the current version (else revalidate).
 async fn static_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let Some((asset, etag)) = ASSETS
+    let found = ASSETS
         .iter()
-        .zip(&VERSIONS.etags)
-        .find(|(a, _)| a.name == file.as_str())
-    else {
+        .zip(VERSIONS.etags.iter())
+        .find(|(a, _)| a.name == file.as_str());
+    let Some((asset, etag)) = found else {
         return Err(ApiError::not_found(format!(
             "no static file {:?}",
             file.as_str()
