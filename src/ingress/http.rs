@@ -26,6 +26,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// `/` serves both the WebSocket upgrade and the func trigger, as the seeds do; the
 /// upgrades never get here (the gateway takes them before routing).
 async fn root(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // A browser opening the root URL gets a page saying where things are.
+    if crate::web::wants_index(&req) {
+        return Ok(crate::web::index(&req, &state));
+    }
     trigger(&req, &state).await
 }
 
@@ -73,7 +77,12 @@ fn require_api_token(
         None => {
             state.metrics.rejected("api_token");
             Err(ApiError::unauthorized(match from {
-                TokenFrom::Header => "missing API token (Authorization: Bearer ...)",
+                // A body-carrying API keeps its secret out of URLs (and so out of
+                // access logs): the hint names the header only.
+                TokenFrom::Header => {
+                    "missing API token: send the header Authorization: Bearer API_TOKEN \
+                     (POST /api/push does not read ?token=)"
+                }
                 TokenFrom::HeaderOrQuery(_) => {
                     "missing API token (Authorization: Bearer ... or ?token=)"
                 }
