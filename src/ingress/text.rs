@@ -547,4 +547,89 @@ mod tests {
         assert_eq!(reader.next().await.unwrap(), Frame::Line);
         assert_eq!(reader.next().await.unwrap(), Frame::Idle);
     }
+
+    /// Serves `chunks` one read at a time, as a socket delivering segments would.
+    struct Chunked(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What the reader must return for `input`: lines split at `\n`, one `\r`
+    /// stripped, over `max` refused, an unterminated tail reported with its size.
+    fn reference(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, Frame>> {
+        let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        let tail = parts.pop().unwrap_or_default();
+        let mut out: Vec<_> = parts
+            .into_iter()
+            .map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() > max {
+                    Err(Frame::TooLong)
+                } else {
+                    Ok(line.to_vec())
+                }
+            })
+            .collect();
+        if !tail.is_empty() {
+            out.push(Err(Frame::Unfinished(tail.len())));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_chunks_read_as_the_reference_and_stay_bounded(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![4 => proptest::prelude::any::<u8>(), 1 => proptest::strategy::Just(b'\n'), 1 => proptest::strategy::Just(b'\r')],
+                0..400,
+            ),
+            cuts in proptest::collection::vec(1usize..64, 1..20),
+            max in 1usize..40,
+        ) {
+            let mut chunks = std::collections::VecDeque::new();
+            let mut rest = input.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, after) = rest.split_at((*cut).min(rest.len()));
+                chunks.push_back(chunk.to_vec());
+                rest = after;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let got = runtime.block_on(async {
+                let mut reader = LineReader::new(Chunked(chunks), max, LINE_TIMEOUT, None);
+                let mut out = Vec::new();
+                loop {
+                    let frame = reader.next().await.unwrap();
+                    // Never more than the limit plus the `\r` slack is held.
+                    assert!(reader.line.len() <= max + 1);
+                    match frame {
+                        Frame::Line => out.push(Ok(reader.line().to_vec())),
+                        Frame::End => return out,
+                        Frame::Unfinished(n) => {
+                            out.push(Err(Frame::Unfinished(n)));
+                            return out;
+                        }
+                        other => out.push(Err(other)),
+                    }
+                }
+            });
+            proptest::prop_assert_eq!(got, reference(&input, max));
+        }
+    }
 }
