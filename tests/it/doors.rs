@@ -489,6 +489,29 @@ async fn demo_tokens_on_loopback_or_replaced_by_env_start() {
 }
 
 #[tokio::test]
+async fn anonymous_publishing_beyond_loopback_starts_with_a_warning() {
+    let port = free_port();
+    let toml = format!(
+        "[server]\nbind = \"0.0.0.0:{port}\"\nworkers = 1\n\
+         [auth]\nallow_anonymous = true\n[ingress]\nws_publish = \"any\"\n"
+    );
+    let log = std::env::temp_dir().join(format!("scenecast-doors-open-{port}.log"));
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let mut node = Process::start(&toml, &[], stderr.into());
+    assert!(
+        node.serves(port).await,
+        "the Swoole + Laravel setup still starts"
+    );
+    drop(node);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.contains("WARN") && text.contains("ingress.ws_publish = \"any\""),
+        "a warning names the settings:\n{text}"
+    );
+}
+
+#[tokio::test]
 async fn refused_http_requests_are_logged_through_a_throttle() {
     let port = free_port();
     let toml = format!(
