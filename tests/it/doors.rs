@@ -129,10 +129,14 @@ async fn text_pushes_over_the_source_rate_get_fail_and_other_sources_do_not() {
     })
     .await;
 
+    // One write, so that the three lines arrive well within a second.
     let mut flood = TextClient::connect(addr).await;
-    assert_eq!(flood.push(r#"{"page":"home","n":1}"#).await, "ok\n");
-    assert_eq!(flood.push(r#"{"page":"home","n":2}"#).await, "ok\n");
-    assert_eq!(flood.push(r#"{"page":"home","n":3}"#).await, "fail\n");
+    flood
+        .write(b"{\"page\":\"home\",\"n\":1}\n{\"page\":\"home\",\"n\":2}\n{\"page\":\"home\",\"n\":3}\n")
+        .await;
+    assert_eq!(flood.reply().await, "ok\n");
+    assert_eq!(flood.reply().await, "ok\n");
+    assert_eq!(flood.reply().await, "fail\n");
     assert_eq!(server.rejected("rate_limited").await, 1);
 
     let (read, writer) = connect_from(OTHER_IP, addr).await.into_split();
