@@ -125,6 +125,7 @@ pub struct OpsSettings {
     pub metrics_token: String,
     /// Pages that get their own `scenecast_page_connections` series, besides the
     /// literal pages of `[[scenes]]`; every other page is summed as `_other`.
+    #[serde(deserialize_with = "list")]
     pub metrics_pages: Vec<String>,
 }
 
@@ -626,8 +627,9 @@ pub fn default_scenes() -> Vec<SceneConfig> {
     ]
 }
 
-/// A list setting: a TOML array, or one comma-separated string (how a list is written
-/// in an environment variable; items trimmed, empty items dropped).
+/// A list setting (every `Vec<String>` field has `deserialize_with = "list"`): a TOML
+/// array, or one comma-separated string (how a list is written in an environment
+/// variable; items trimmed, empty items dropped).
 fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     struct List;
     impl<'de> serde::de::Visitor<'de> for List {
@@ -906,6 +908,7 @@ mod tests {
                 ("SCENECAST__SERVER__NODE_ID", "007"),
                 ("SCENECAST__SERVER__MAX_MESSAGE_BYTES", "1000"),
                 ("SCENECAST__AUTH__API_TOKENS", "1,2"),
+                ("SCENECAST__OPS__METRICS_PAGES", " home, list "),
                 ("SCENECAST_OTHER", "x"),
                 ("OTHER__SERVER__BIND", "x"),
             ]),
@@ -914,7 +917,8 @@ mod tests {
         assert_eq!(s.server.node_id, "007");
         assert_eq!(s.server.max_message_bytes, 1000);
         assert_eq!(s.auth.api_tokens, ["1", "2"]);
-        assert_eq!(source.env.len(), 3);
+        assert_eq!(s.ops.metrics_pages, ["home", "list"]);
+        assert_eq!(source.env.len(), 4);
 
         for (name, value, needle) in [
             ("SCENECAST__SERVER", "x", "SCENECAST__SECTION__KEY"),
