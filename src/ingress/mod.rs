@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod json_line;
+pub mod rate;
 pub mod text;
-mod throttle;
+pub mod throttle;
 pub mod udp;

@@ -14,6 +14,7 @@ mod common;
 mod browser;
 mod cluster;
 mod config;
+mod doors;
 mod edge;
 mod first_hour;
 mod ingress;
