@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod limits;
-
 #[derive(Parser)]
 #[command(
     version,
@@ -39,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    limits::raise_and_report();
+    scenecast::net::raise_and_report();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
