@@ -5,6 +5,7 @@
 mod common;
 
 mod browser;
+mod caps;
 mod cluster;
 mod config;
 mod ingress;
