@@ -82,7 +82,7 @@ pub(super) fn start(
     socket: TcpStream,
     early: &[u8],
     peer: Option<SocketAddr>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let id = membership.id();
     log::debug!(
         "conn {id} open from {}: page={:?} uid={:?} {role:?}",
@@ -107,7 +107,7 @@ pub(super) fn start(
         closing: None,
         state,
     };
-    tokio::task::spawn_local(connection.run());
+    tokio::task::spawn_local(connection.run())
 }
 
 /// How a connection ended, for the log.
@@ -687,6 +687,54 @@ mod tests {
         assert!(
             matches!(error, Some(ProtocolError::InvalidLength(126))),
             "{error:?}"
+        );
+    }
+
+    /// The whole connection task, on a real socket, dropped from outside: what it
+    /// held in the hub, the caps and the kernel is released all the same.
+    #[tokio::test]
+    async fn an_aborted_connection_task_leaves_and_closes_its_socket() {
+        use tokio::io::AsyncReadExt;
+
+        use crate::gateway::membership::{test_meta, test_state};
+
+        let state = test_state(10, 10);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, peer) = listener.accept().await.unwrap();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let meta = test_meta("home");
+                let slot = state.caps.admit(Some(peer.ip())).unwrap();
+                let worker = state.bus.fanout().local_worker();
+                let (membership, outbox) =
+                    Membership::join(state.clone(), &meta, worker, slot).unwrap();
+                let task = start(
+                    state.clone(),
+                    membership,
+                    outbox,
+                    &meta,
+                    Role::Client,
+                    socket,
+                    &[],
+                    Some(peer),
+                );
+                tokio::task::yield_now().await;
+                assert_eq!(state.hub.len(), 1);
+                task.abort();
+                assert!(task.await.unwrap_err().is_cancelled());
+            })
+            .await;
+        assert!(state.hub.is_empty(), "the hub entry is gone");
+        assert_eq!((state.caps.open(), state.caps.addresses()), (0, 0));
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "the server's socket is closed: {read:?}"
         );
     }
 

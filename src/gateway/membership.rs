@@ -54,3 +54,112 @@ impl Drop for Membership {
         }
     }
 }
+
+/// A node's state as `server::start` builds it in embedded mode, for tests that
+/// run the gateway's parts without an HTTP server.
+#[cfg(test)]
+pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState> {
+    use crate::auth::Tokens;
+    use crate::bus::{Bus, Fanout};
+    use crate::config::Settings;
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+    use crate::net::ConnectionCaps;
+    use crate::registry::Registry;
+    use crate::scenes::SceneTable;
+
+    let settings = Settings::default();
+    let hub = Hub::new(settings.server.send_queue_bytes);
+    let metrics = Metrics::new(hub.clone());
+    Arc::new(AppState {
+        node_id: Arc::from("test"),
+        registry: Registry::Embedded(hub.clone()),
+        bus: Bus::embedded(Fanout::start(hub.clone(), metrics.clone())),
+        tokens: Tokens::new(&settings.auth),
+        scenes: SceneTable::compile(&settings.scene_configs()).unwrap(),
+        caps: ConnectionCaps::new(max_connections, per_ip),
+        settings: Arc::new(settings),
+        hub,
+        metrics,
+    })
+}
+
+#[cfg(test)]
+pub(super) fn test_meta(page: &str) -> ConnMeta {
+    ConnMeta {
+        page: Some(Arc::from(page)),
+        uid: None,
+        session: None,
+        connected_at: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    const PEER: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+    fn join(state: &Arc<AppState>) -> Membership {
+        let slot = state.caps.admit(PEER).unwrap();
+        Membership::join(state.clone(), &test_meta("home"), 0, slot)
+            .unwrap()
+            .0
+    }
+
+    /// Nothing of the connection is left: hub entry, page index, cap places.
+    fn assert_left(state: &AppState) {
+        assert!(state.hub.is_empty());
+        assert!(state.hub.page_counts().is_empty());
+        assert_eq!(state.caps.open(), 0);
+        assert_eq!(state.caps.addresses(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_membership_is_leaving() {
+        let state = test_state(10, 10);
+        let membership = join(&state);
+        assert_eq!(state.hub.len(), 1);
+        assert_eq!((state.caps.open(), state.caps.addresses()), (1, 1));
+        drop(membership);
+        assert_left(&state);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_leaves() {
+        let state = test_state(10, 10);
+        let membership = join(&state);
+        let task = tokio::spawn(async move {
+            let _membership = membership;
+            panic!("a bug in the connection's task");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_left(&state);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_is_aborted_leaves() {
+        let state = test_state(10, 10);
+        let membership = join(&state);
+        let task = tokio::spawn(async move {
+            let _membership = membership;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(state.hub.len(), 1);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_left(&state);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_hub_admits_nobody_and_gives_the_slot_back() {
+        let state = test_state(10, 10);
+        state.hub.stop();
+        let slot = state.caps.admit(PEER).unwrap();
+        assert!(Membership::join(state.clone(), &test_meta("home"), 0, slot).is_none());
+        assert_left(&state);
+    }
+}

@@ -143,7 +143,7 @@ async fn upgrade(
     }
     let peer = request.head().peer_addr;
     let parts = framed.into_parts();
-    connection::start(
+    let _task = connection::start(
         state,
         membership,
         outbox,

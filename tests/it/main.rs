@@ -13,3 +13,4 @@ mod pages;
 mod profiles;
 mod protocol;
 mod router;
+mod workers;
