@@ -204,17 +204,16 @@ fn encode(push: &Push, sent_micros: u64) -> String {
 
 fn decode(bytes: &[u8]) -> Option<(Push, u64)> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let kind = text.chars().next()?;
-    let rest = &text[1..];
+    let (kind, rest) = text.split_at_checked(1)?;
     let (sent, rest) = rest.split_once(':')?;
     let (key_len, rest) = rest.split_once(':')?;
     let key_len: usize = key_len.parse().ok()?;
     let key = rest.get(..key_len)?;
     let payload = rest.get(key_len..)?;
     let target = match kind {
-        'a' if key.is_empty() => Target::All,
-        'p' if !key.is_empty() => Target::Page(key.into()),
-        'u' if !key.is_empty() => Target::Uid(key.into()),
+        "a" if key.is_empty() => Target::All,
+        "p" if !key.is_empty() => Target::Page(key.into()),
+        "u" if !key.is_empty() => Target::Uid(key.into()),
         _ => return None,
     };
     let push = Push::new(target, ByteString::from(payload.to_owned()));

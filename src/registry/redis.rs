@@ -196,7 +196,7 @@ impl RedisRegistry {
             .zip(counts)
             .filter(|(_, n)| *n > 0)
             .map(|(key, connections)| PageCount {
-                page: key[strip..].to_string(),
+                page: key.get(strip..).unwrap_or_default().to_string(),
                 connections,
             })
             .collect();
