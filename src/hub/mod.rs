@@ -287,13 +287,18 @@ impl Hub {
             .collect()
     }
 
-    /// Runs `f` on every open connection's outbox, under the read lock (keep `f`
-    /// short: opens and closes wait meanwhile).
-    pub fn for_each_outbox(&self, mut f: impl FnMut(ConnId, &Outbox)) {
+    /// Replaces `out` with every open connection's id and outbox, taken under the
+    /// read lock and used after it: a walk that locks each outbox and writes to
+    /// sockets must not hold up opens and closes (writers wait behind readers).
+    pub fn outboxes(&self, out: &mut Vec<(ConnId, Arc<Outbox>)>) {
+        out.clear();
         let state = self.read();
-        for (id, conn) in &state.conns {
-            f(*id, &conn.outbox);
-        }
+        out.extend(
+            state
+                .conns
+                .iter()
+                .map(|(id, conn)| (*id, conn.outbox.clone())),
+        );
     }
 
     /// Asks every connection to close (graceful stop).
