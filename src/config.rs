@@ -25,6 +25,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub heartbeat: HeartbeatSettings,
     pub ingress: IngressSettings,
+    pub ops: OpsSettings,
     /// The func handler table. `None` (no `[[scenes]]` in any layer) means the
     /// built-in defaults; a config that lists scenes replaces them entirely.
     pub scenes: Option<Vec<SceneConfig>>,
@@ -101,6 +102,29 @@ pub struct IngressSettings {
     pub udp_bind: String,
     /// Who may publish by sending JSON frames on a WebSocket.
     pub ws_publish: WsPublish,
+    /// A text-port connection that sends nothing for this long (between lines) is
+    /// closed; 0 = never.
+    pub text_idle_timeout_secs: u64,
+    /// Text-port connections one peer IP may hold at once (of the port's 1024);
+    /// one more is closed at accept. 0 = no per-IP limit.
+    pub text_max_connections_per_ip: usize,
+    /// Pushes per second one source may make on average: a peer IP on the text
+    /// and UDP ports, one publisher WebSocket. 0 = no limit.
+    pub push_rate_per_sec: u32,
+    /// Pushes one source may make at once before `push_rate_per_sec` applies
+    /// (at least the rate; 0 = the rate).
+    pub push_burst: u32,
+}
+
+/// `/metrics` exposure.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSettings {
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>` (else 401).
+    pub metrics_token: String,
+    /// Pages that get their own `scenecast_page_connections` series, besides the
+    /// literal pages of `[[scenes]]`; every other page is summed as `_other`.
+    pub metrics_pages: Vec<String>,
 }
 
 /// Who may publish `{"user_id":..}` / `{"page":..}` frames over a WebSocket.
@@ -159,7 +183,9 @@ impl Default for RedisSettings {
 impl Default for HeartbeatSettings {
     fn default() -> Self {
         Self {
-            interval_secs: 60,
+            // Under the 60 s idle timeout of nginx and AWS ALB, so that a proxy never
+            // drops a connection whose client only ever receives.
+            interval_secs: 25,
             idle_timeout_secs: 121,
         }
     }
@@ -172,6 +198,12 @@ impl Default for IngressSettings {
             text_token: String::new(),
             udp_bind: String::new(),
             ws_publish: WsPublish::ApiToken,
+            text_idle_timeout_secs: 300,
+            text_max_connections_per_ip: 128,
+            // Far above what a back office or the seed recipes send; a ceiling
+            // against floods, not a quota.
+            push_rate_per_sec: 10_000,
+            push_burst: 20_000,
         }
     }
 }
@@ -406,10 +438,12 @@ impl Settings {
         if self.heartbeat.interval_secs == 0 {
             return Err(invalid("heartbeat.interval_secs", "must be at least 1"));
         }
-        if self.heartbeat.idle_timeout_secs <= self.heartbeat.interval_secs {
+        // Two pings fit in the idle window: a client that only answers pings is
+        // never closed, even when one ping is late (a slow heartbeat walk).
+        if self.heartbeat.idle_timeout_secs < self.heartbeat.interval_secs.saturating_mul(2) {
             return Err(invalid(
                 "heartbeat.idle_timeout_secs",
-                "must be greater than heartbeat.interval_secs",
+                "must be at least 2 x heartbeat.interval_secs",
             ));
         }
         if self.redis.node_ttl_secs < 2 {
@@ -441,11 +475,60 @@ impl Settings {
                 "a token may not be both a client token and an API token",
             ));
         }
+        if !self.ops.metrics_token.is_empty() {
+            check_tokens(
+                "ops.metrics_token",
+                std::slice::from_ref(&self.ops.metrics_token),
+            )?;
+        }
+        if self.ops.metrics_pages.iter().any(String::is_empty) {
+            return Err(invalid("ops.metrics_pages", "page names may not be empty"));
+        }
+        self.refuse_demo_tokens()?;
         for origin in &self.server.allowed_origins {
             check_origin(origin)?;
         }
         // Scene templates are compiled (and their errors reported) by the scene table.
         crate::scenes::SceneTable::compile(&self.scene_configs())?;
+        Ok(())
+    }
+
+    /// Fail closed: a token published in this repository (README, examples,
+    /// docker-compose.yml) is no secret, so it may guard loopback only.
+    fn refuse_demo_tokens(&self) -> Result<(), ConfigError> {
+        // A host name counts as what it resolves to, as the listener will bind it.
+        let exposed = |bind: &str| {
+            !bind.is_empty()
+                && resolve_addr("", bind)
+                    .is_ok_and(|addrs| addrs.iter().any(|a| !a.ip().is_loopback()))
+        };
+        let server = exposed(&self.server.bind);
+        let lists = [
+            ("auth.client_tokens", &self.auth.client_tokens, server),
+            ("auth.api_tokens", &self.auth.api_tokens, server),
+        ];
+        for (key, tokens, exposed) in lists {
+            if let Some(token) = tokens.iter().find(|t| is_demo_token(t)).filter(|_| exposed) {
+                return Err(demo_token(key, token, "server.bind", &self.server.bind));
+            }
+        }
+        let text = &self.ingress.text_token;
+        for (bind_key, bind) in [
+            ("ingress.text_bind", &self.ingress.text_bind),
+            ("ingress.udp_bind", &self.ingress.udp_bind),
+        ] {
+            if is_demo_token(text) && exposed(bind) {
+                return Err(demo_token("ingress.text_token", text, bind_key, bind));
+            }
+        }
+        if is_demo_token(&self.ops.metrics_token) && server {
+            return Err(demo_token(
+                "ops.metrics_token",
+                &self.ops.metrics_token,
+                "server.bind",
+                &self.server.bind,
+            ));
+        }
         Ok(())
     }
 
@@ -531,6 +614,22 @@ fn check_tokens(key: &str, tokens: &[String]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The tokens this repository publishes as examples (`demo-*`, `change-me*`).
+pub fn is_demo_token(token: &str) -> bool {
+    token.starts_with("demo-") || token.starts_with("change-me")
+}
+
+fn demo_token(key: &str, token: &str, bind_key: &str, bind: &str) -> ConfigError {
+    invalid(
+        key,
+        format!(
+            "{token:?} is a published example token and {bind_key} = {bind:?} is not loopback: \
+             set your own secret (e.g. SCENECAST__{}) or bind to 127.0.0.1",
+            key.to_uppercase().replace('.', "__")
+        ),
+    )
 }
 
 /// The seed's two scenes, used when the config has no `[[scenes]]`.

@@ -133,7 +133,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let node_id = settings.node_id();
     let hub = Hub::new(settings.server.send_queue_bytes);
-    let metrics = Metrics::new(hub.clone());
+    let metrics = Metrics::with_pages(hub.clone(), crate::metrics::labelled_pages(&settings));
     let scenes = SceneTable::compile(&settings.scene_configs())
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let registry = Registry::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
@@ -230,6 +230,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ),
     }
     log_start_notes(&settings, http_addr);
+    let open_publish = settings.auth.allow_anonymous
+        && settings.ingress.ws_publish == crate::config::WsPublish::Any;
+    if open_publish && !http_addr.ip().is_loopback() {
+        log::warn!(
+            "server.bind = {http_addr} is reachable from other machines with \
+             auth.allow_anonymous = true and ingress.ws_publish = \"any\": anyone (and any \
+             web page its visitors open, unless server.allowed_origins is set) can push to \
+             every connection; prefer ws_publish = \"api_token\""
+        );
+    }
     let mut ingress_tasks = Vec::new();
     if let (Some(listener), Some(addr)) = (text_listener, text_addr) {
         let token = if settings.ingress.text_token.is_empty() {

@@ -404,22 +404,31 @@ async fn scenes_example(clone: &Path, readme: &str) {
     assert_eq!(frame["order"], "A-17", "{frame}");
 }
 
+/// The anonymous profiles ship no API token (a published one would be refused on
+/// their 0.0.0.0 bind); the test sets one by env, as the README says, to read
+/// presence before it pushes.
+const PRESENCE_TOKEN: &str = "first-hour-api-token";
+fn presence_token_env() -> (&'static str, String) {
+    ("SCENECAST__AUTH__API_TOKENS", PRESENCE_TOKEN.into())
+}
+
 /// examples/workerman.toml: uid by first frame, a line on the text port → `ok`.
 async fn workerman_profile(clone: &Path) {
     let text_port = free_port();
     let server = Proc::start(
         clone,
         &["serve", "--config", "examples/workerman.toml"],
-        &[(
-            "SCENECAST__INGRESS__TEXT_BIND",
-            format!("127.0.0.1:{text_port}"),
-        )],
+        &[
+            (
+                "SCENECAST__INGRESS__TEXT_BIND",
+                format!("127.0.0.1:{text_port}"),
+            ),
+            presence_token_env(),
+        ],
     );
     let mut ws = WsClient::connect(&server.ws("/")).await;
     ws.send("uid1").await;
-    server
-        .wait_connections("uid=uid1", "change-me-api-token", 1)
-        .await;
+    server.wait_connections("uid=uid1", PRESENCE_TOKEN, 1).await;
     let text_addr: SocketAddr = format!("127.0.0.1:{text_port}").parse().unwrap();
     let line = r#"{"uid":"uid1","percent":"88%"}"#;
     assert_eq!(php_push(text_addr, line).await, "ok\n");
@@ -432,13 +441,16 @@ async fn udp_profile(clone: &Path) {
     let server = Proc::start(
         clone,
         &["serve", "--config", "examples/swoole-udp.toml"],
-        &[(
-            "SCENECAST__INGRESS__UDP_BIND",
-            format!("127.0.0.1:{udp_port}"),
-        )],
+        &[
+            (
+                "SCENECAST__INGRESS__UDP_BIND",
+                format!("127.0.0.1:{udp_port}"),
+            ),
+            presence_token_env(),
+        ],
     );
     let mut ws = WsClient::connect(&server.ws("/")).await;
-    server.wait_node_connections("change-me-api-token", 1).await;
+    server.wait_node_connections(PRESENCE_TOKEN, 1).await;
     let udp: SocketAddr = format!("127.0.0.1:{udp_port}").parse().unwrap();
     let datagram = r#"{"order_num":1234}"#;
     udp_send(udp, format!("{datagram}\n").as_bytes());
@@ -451,12 +463,10 @@ async fn laravel_profile(clone: &Path) {
     let server = Proc::start(
         clone,
         &["serve", "--config", "examples/swoole-laravel.toml"],
-        &[],
+        &[presence_token_env()],
     );
     let mut user = WsClient::connect(&server.ws("/?uid=1")).await;
-    server
-        .wait_connections("uid=1", "change-me-api-token", 1)
-        .await;
+    server.wait_connections("uid=1", PRESENCE_TOKEN, 1).await;
     let mut app = WsClient::connect(&server.ws("/")).await;
     let frame = r#"{"user_id":1,"cnt":5}"#;
     app.send(frame).await;

@@ -15,6 +15,7 @@ mod browser;
 mod caps;
 mod cluster;
 mod config;
+mod doors;
 mod first_hour;
 mod ingress;
 mod pages;
