@@ -39,10 +39,8 @@ fn meta(page: &str) -> ConnMeta {
 fn fan_out(c: &mut Criterion) {
     let hub = Hub::new(1 << 20);
     let outboxes: Vec<Arc<Outbox>> = (0..CONNECTIONS)
-        .map(|i| {
-            hub.open(meta(if i % 2 == 0 { "home" } else { "list" }), i % WORKERS)
-                .1
-        })
+        .filter_map(|i| hub.open(meta(if i % 2 == 0 { "home" } else { "list" }), i % WORKERS))
+        .map(|(_, outbox)| outbox)
         .collect();
     let payload = r#"{"code":200,"message":"后端按了按钮1","seq":"12345","t_ns":"123456789012"}"#;
     let mut group = c.benchmark_group("hub_fan_out");

@@ -7,6 +7,7 @@ use crate::bus::{Bus, Published};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::net::ConnectionCaps;
 use crate::push::{Ingress, Push};
 use crate::registry::Registry;
 use crate::scenes::SceneTable;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub scenes: SceneTable,
     pub metrics: Arc<Metrics>,
+    /// The WebSocket connection caps (`server.max_connections[_per_ip]`).
+    pub caps: ConnectionCaps,
 }
 
 impl AppState {

@@ -56,6 +56,13 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How long a graceful stop waits for clients to receive their 1001 close.
     pub shutdown_timeout_secs: u64,
+    /// WebSocket connections this node holds at most; over it an upgrade gets 503.
+    /// 0 = no cap; unset = the file-descriptor limit minus a reserve
+    /// ([`crate::net::auto_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// WebSocket connections from one peer address at most; over it an upgrade gets
+    /// 429. 0 = no cap (the default: behind a proxy or NAT many users share one).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -166,6 +173,8 @@ impl Default for ServerSettings {
             send_timeout_secs: 10,
             workers: 0,
             shutdown_timeout_secs: 3,
+            max_connections: None,
+            max_connections_per_ip: 0,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod hub;
 pub mod ingress;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod push;
 pub mod registry;

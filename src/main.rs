@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod limits;
-
 /// `0.1.0 (commit abc1234)`; the commit is "unknown" when built without git
 /// (see build.rs).
 const VERSION: &str = concat!(
@@ -90,7 +88,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         }
     };
     log::info!("scenecast {VERSION}: {source}");
-    limits::raise_and_report();
+    scenecast::net::raise_and_report();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,8 +22,9 @@ use crate::app::AppState;
 use crate::auth::Tokens;
 use crate::bus::{Bus, Fanout, RedisBus};
 use crate::config::Settings;
-use crate::hub::{CloseReason, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::net::ConnectionCaps;
 use crate::registry::Registry;
 use crate::scenes::SceneTable;
 use crate::{gateway, ingress, ops};
@@ -156,6 +157,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         tokens: Tokens::new(&settings.auth),
         scenes,
         metrics,
+        caps: ConnectionCaps::new(
+            settings
+                .server
+                .max_connections
+                .unwrap_or_else(crate::net::auto_max_connections),
+            settings.server.max_connections_per_ip,
+        ),
     });
 
     background.push(tokio::spawn(gateway::heartbeat::run(
@@ -211,6 +219,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         "scenecast node {node_id} serving HTTP + WebSocket on {http_addr} ({workers} workers), mode {}",
         state.registry.mode()
     );
+    match state.caps.limit() {
+        0 => log::warn!(
+            "no WebSocket connection cap (server.max_connections = 0): a connection flood \
+             can exhaust the file descriptors"
+        ),
+        global => log::info!(
+            "WebSocket connection caps: {global} per node, {} per address (0 = none)",
+            settings.server.max_connections_per_ip
+        ),
+    }
     log_start_notes(&settings, http_addr);
     let open_publish = settings.auth.allow_anonymous
         && settings.ingress.ws_publish == crate::config::WsPublish::Any;
@@ -321,7 +339,9 @@ impl Running {
             task.abort();
             let _ = task.await;
         }
-        state.hub.close_all(CloseReason::Shutdown);
+        // From here on upgrades are answered 503 (one on a kept-alive HTTP
+        // connection would otherwise open after this and never get its 1001).
+        state.hub.stop();
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(state.settings.server.shutdown_timeout_secs);
         // Until every close frame is written (or the time is up)...

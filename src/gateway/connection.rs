@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use actix_codec::Decoder;
 use actix_http::ws::{Codec, Frame, Item, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use bytes::buf::Limit;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
+use super::membership::Membership;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::config::WsPublish;
@@ -36,8 +38,20 @@ use crate::push::{Ingress, Name, Push};
 const MAX_BOUND_UID_LEN: usize = 64;
 /// `{"type":"pong"}` as a text frame, the answer to the seed client's heartbeat.
 const PONG: Bytes = Bytes::from_static(b"\x81\x0f{\"type\":\"pong\"}");
-/// Room made in the read buffer before each read.
+/// The most one read takes from the socket.
 const READ_CHUNK: usize = 4096;
+/// The longest frame header (RFC 6455 §5.2): 2 bytes, 8 of extended length, 4 of mask.
+#[cfg(test)]
+const MAX_HEADER: usize = 14;
+/// The longest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+/// Opcodes (RFC 6455 §5.2).
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
 /// How long a closed connection waits for the client's answer to the close frame
 /// before the socket is dropped anyway.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,19 +73,21 @@ impl Wire for TcpStream {
     }
 }
 
-/// Registers the connection and spawns its task on the calling HTTP worker.
-/// `early` holds bytes the client sent right behind its handshake.
+/// Spawns the task of a connection that joined the hub (its [`Membership`]) and
+/// got its `101`, on the calling HTTP worker. `early` holds bytes the client sent
+/// right behind its handshake.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     state: Arc<AppState>,
-    meta: ConnMeta,
+    membership: Membership,
+    outbox: Arc<Outbox>,
+    meta: &ConnMeta,
     role: Role,
     socket: TcpStream,
     early: &[u8],
     peer: Option<SocketAddr>,
-) {
-    let worker = state.bus.fanout().local_worker();
-    let (id, outbox) = state.hub.open(meta.clone(), worker);
-    state.registry.opened(id, &meta);
+) -> tokio::task::JoinHandle<()> {
+    let id = membership.id();
     log::debug!(
         "conn {id} open from {}: page={:?} uid={:?} {role:?}",
         peer.map(|a| a.to_string()).unwrap_or_default(),
@@ -91,11 +107,12 @@ pub(super) fn start(
         socket,
         inbound: Inbound::new(max, early),
         close_deadline: None,
-        left: None,
+        membership: Some(membership),
+        closing: None,
         rate: PerConnection::default(),
         state,
     };
-    tokio::task::spawn_local(connection.run());
+    tokio::task::spawn_local(connection.run())
 }
 
 /// How a connection ended, for the log.
@@ -128,9 +145,12 @@ struct Connection {
     inbound: Inbound,
     /// Armed when a close waits behind a full socket.
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's hub and registry entries and cap slot, until it leaves;
+    /// dropped with the task whatever ends it.
+    membership: Option<Membership>,
     /// Set once the connection has left the hub and the registry while its socket
     /// finishes closing.
-    left: Option<ClosingGuard>,
+    closing: Option<ClosingGuard>,
     /// This publisher's push budget (built at its first push).
     rate: PerConnection,
 }
@@ -159,11 +179,9 @@ impl Connection {
     /// Takes the connection out of the hub and the registry: no more pushes, no
     /// longer counted. Its socket may still be finishing the close.
     fn leave(&mut self) {
-        if self.left.is_none() {
-            self.left = Some(self.state.hub.closing_guard());
-            if let Some(meta) = self.state.hub.close(self.id) {
-                self.state.registry.closed(self.id, &meta);
-            }
+        if let Some(membership) = self.membership.take() {
+            self.closing = Some(self.state.hub.closing_guard());
+            drop(membership);
         }
     }
 
@@ -376,6 +394,13 @@ async fn linger(socket: &TcpStream) {
 
 /// The client's side of the socket: bytes read and not yet decoded, and a message
 /// arriving in fragments. Both are empty, with no allocation, between messages.
+///
+/// Bounded: each frame's header is checked before its payload is waited for
+/// ([`Inbound::check_header`]), and each read takes at most [`READ_CHUNK`] bytes,
+/// so the buffer never holds more than [`Inbound::buffer_bound`] bytes, whatever a
+/// client announces (actix-http's codec alone would buffer a frame's whole announced
+/// payload before comparing it with the limit), and the fragments of a message never
+/// more than `max_message_bytes`.
 struct Inbound {
     buffer: BytesMut,
     codec: Codec,
@@ -394,20 +419,80 @@ impl Inbound {
         }
     }
 
+    /// The most the read buffer holds after a read: a frame short of complete (a
+    /// header, and a payload within the limit) plus one read.
+    #[cfg(test)]
+    fn buffer_bound(&self) -> usize {
+        MAX_HEADER + self.max_message_bytes + READ_CHUNK
+    }
+
     /// Reads what the socket has, without waiting.
     fn read_from(&mut self, socket: &TcpStream) -> io::Result<usize> {
+        self.read_with(|buf| socket.try_read_buf(buf))
+    }
+
+    /// Lets `read` append at most [`READ_CHUNK`] bytes to the buffer.
+    fn read_with(
+        &mut self,
+        read: impl FnOnce(&mut Limit<&mut BytesMut>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         self.buffer.reserve(READ_CHUNK);
-        socket.try_read_buf(&mut self.buffer)
+        read(&mut (&mut self.buffer).limit(READ_CHUNK))
     }
 
     /// The next complete frame in the buffer, if any.
     fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        self.check_header()?;
         let frame = self.codec.decode(&mut self.buffer)?;
         if self.buffer.is_empty() && self.buffer.capacity() > 0 {
             // Idle connections keep no read buffer.
             self.buffer = BytesMut::new();
         }
         Ok(frame)
+    }
+
+    /// Refuses the frame at the front of the buffer from its header alone (RFC 6455
+    /// §5.2: 2 bytes, then a 16- or 64-bit extended length), before any payload
+    /// is read: `Overflow` (1009) for a data frame announcing more than
+    /// `max_message_bytes`, or a continuation that would take the message so far
+    /// past it; `InvalidLength` (1002) for a control frame over 125 bytes (§5.5).
+    /// Headers broken otherwise (reserved bits, no mask, unknown opcode) are left to
+    /// the codec, which refuses them from their first two bytes too.
+    fn check_header(&self) -> Result<(), ProtocolError> {
+        let (Some(&first), Some(&second)) = (self.buffer.first(), self.buffer.get(1)) else {
+            return Ok(());
+        };
+        if first & 0x70 != 0 || second & 0x80 == 0 {
+            return Ok(());
+        }
+        let length = match second & 0x7f {
+            126 => match self.buffer.get(2..4) {
+                Some(&[a, b]) => u64::from(u16::from_be_bytes([a, b])),
+                _ => return Ok(()),
+            },
+            127 => match self.buffer.get(2..10).map(<[u8; 8]>::try_from) {
+                Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+                _ => return Ok(()),
+            },
+            n => u64::from(n),
+        };
+        let max = self.max_message_bytes as u64;
+        match first & 0x0f {
+            OP_CONTINUATION => {
+                let so_far = self.fragments.as_ref().map_or(0, |(_, m)| m.len() as u64);
+                if so_far.saturating_add(length) > max {
+                    return Err(ProtocolError::Overflow);
+                }
+            }
+            OP_TEXT | OP_BINARY if length > max => return Err(ProtocolError::Overflow),
+            OP_CLOSE | OP_PING | OP_PONG if length > MAX_CONTROL_PAYLOAD => {
+                return Err(ProtocolError::InvalidLength(
+                    usize::try_from(length).unwrap_or(usize::MAX),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Adds a fragment; returns the whole message (is-text, bytes) with the last one.
@@ -516,5 +601,259 @@ mod tests {
             .unwrap();
         let over = inbound.continue_message(Item::Last(Bytes::from_static(b"78901")));
         assert!(matches!(over, Err(ProtocolError::Overflow)));
+    }
+
+    /// A client frame: masked (RFC 6455 §5.3), with `fin` and `opcode` as given.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// What the connection makes of the client's bytes: whole messages and control
+    /// frames, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Message(bool, Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close,
+    }
+
+    /// Feeds `stream` to an `Inbound` in reads of the given sizes (each capped at
+    /// `READ_CHUNK` by the inbound itself), decoding between reads as the
+    /// connection does, and checking the buffer bound after every read. Returns
+    /// the events and the error that ended the stream, if any.
+    fn decode(max: usize, stream: &[u8], reads: &[usize]) -> (Vec<Event>, Option<ProtocolError>) {
+        let mut inbound = Inbound::new(max, &[]);
+        let mut events = Vec::new();
+        let mut rest = stream;
+        let mut sizes = reads.iter().copied().cycle();
+        loop {
+            match inbound.next_frame() {
+                Ok(Some(frame)) => match frame {
+                    Frame::Text(b) => events.push(Event::Message(true, b.to_vec())),
+                    Frame::Binary(b) => events.push(Event::Message(false, b.to_vec())),
+                    Frame::Ping(b) => events.push(Event::Ping(b.to_vec())),
+                    Frame::Pong(b) => events.push(Event::Pong(b.to_vec())),
+                    Frame::Close(_) => {
+                        events.push(Event::Close);
+                        return (events, None);
+                    }
+                    Frame::Continuation(item) => match inbound.continue_message(item) {
+                        Ok(Some((text, b))) => events.push(Event::Message(text, b.to_vec())),
+                        Ok(None) => {}
+                        Err(e) => return (events, Some(e)),
+                    },
+                },
+                Ok(None) => {
+                    if rest.is_empty() {
+                        return (events, None);
+                    }
+                    let want = sizes.next().unwrap_or(1).max(1);
+                    let read = inbound
+                        .read_with(|buf| {
+                            let n = want.min(rest.len()).min(buf.remaining_mut());
+                            buf.put_slice(&rest[..n]);
+                            Ok(n)
+                        })
+                        .unwrap();
+                    rest = &rest[read..];
+                    assert!(read <= READ_CHUNK);
+                    assert!(
+                        inbound.buffer.len() <= inbound.buffer_bound(),
+                        "{} buffered, bound {}",
+                        inbound.buffer.len(),
+                        inbound.buffer_bound()
+                    );
+                    let fragments = inbound.fragments.as_ref().map_or(0, |(_, m)| m.len());
+                    assert!(fragments <= max);
+                }
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_announcing_too_much_is_refused_at_its_header() {
+        // The example: a text frame announcing 32 MiB, and only its header.
+        let header = [0x81, 0xff, 0, 0, 0, 0, 2, 0, 0, 0, 0x37, 0xfa, 0x21, 0x3d];
+        let (events, error) = decode(65536, &header, &[4096]);
+        assert!(events.is_empty());
+        assert!(matches!(error, Some(ProtocolError::Overflow)), "{error:?}");
+        // Even before the mask arrives.
+        let (_, error) = decode(65536, &header[..10], &[4096]);
+        assert!(matches!(error, Some(ProtocolError::Overflow)), "{error:?}");
+    }
+
+    #[test]
+    fn a_continuation_passing_the_limit_is_refused_at_its_header() {
+        let mut stream = client_frame(false, OP_TEXT, &[b'a'; 150]);
+        // Announces 100 more (150 + 100 > 200); its payload never comes.
+        stream.extend_from_slice(&client_frame(true, OP_CONTINUATION, &[b'b'; 100])[..8]);
+        let (events, error) = decode(200, &stream, &[4096]);
+        assert!(events.is_empty());
+        assert!(matches!(error, Some(ProtocolError::Overflow)), "{error:?}");
+    }
+
+    #[test]
+    fn a_long_control_frame_is_refused_at_its_header() {
+        let stream = &client_frame(true, OP_PING, &[0; 126])[..8];
+        let (_, error) = decode(65536, stream, &[4096]);
+        assert!(
+            matches!(error, Some(ProtocolError::InvalidLength(126))),
+            "{error:?}"
+        );
+    }
+
+    /// The whole connection task, on a real socket, dropped from outside: what it
+    /// held in the hub, the caps and the kernel is released all the same.
+    #[tokio::test]
+    async fn an_aborted_connection_task_leaves_and_closes_its_socket() {
+        use tokio::io::AsyncReadExt;
+
+        use crate::gateway::membership::{test_meta, test_state};
+
+        let state = test_state(10, 10);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, peer) = listener.accept().await.unwrap();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let meta = test_meta("home");
+                let slot = state.caps.admit(Some(peer.ip())).unwrap();
+                let worker = state.bus.fanout().local_worker();
+                let (membership, outbox) =
+                    Membership::join(state.clone(), &meta, worker, slot).unwrap();
+                let task = start(
+                    state.clone(),
+                    membership,
+                    outbox,
+                    &meta,
+                    Role::Client,
+                    socket,
+                    &[],
+                    Some(peer),
+                );
+                tokio::task::yield_now().await;
+                assert_eq!(state.hub.len(), 1);
+                task.abort();
+                assert!(task.await.unwrap_err().is_cancelled());
+            })
+            .await;
+        assert!(state.hub.is_empty(), "the hub entry is gone");
+        assert_eq!((state.caps.open(), state.caps.addresses()), (0, 0));
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "the server's socket is closed: {read:?}"
+        );
+    }
+
+    use proptest::prelude::*;
+
+    /// One message as a client may send it: whole or in fragments, with control
+    /// frames between the fragments.
+    #[derive(Debug, Clone)]
+    struct Message {
+        text: bool,
+        fragments: Vec<Vec<u8>>,
+        controls: Vec<(u8, Vec<u8>)>,
+    }
+
+    fn message(max: usize) -> impl Strategy<Value = Message> {
+        let fragment = prop::collection::vec(any::<u8>(), 0..max / 3);
+        let control = (
+            prop::sample::select(vec![OP_PING, OP_PONG]),
+            prop::collection::vec(any::<u8>(), 0..=125),
+        );
+        (
+            any::<bool>(),
+            prop::collection::vec(fragment, 1..4),
+            prop::collection::vec(control, 0..3),
+        )
+            .prop_map(|(text, fragments, controls)| Message {
+                text,
+                fragments,
+                controls,
+            })
+    }
+
+    fn encode(messages: &[Message]) -> (Vec<u8>, Vec<Event>) {
+        let (mut stream, mut events) = (Vec::new(), Vec::new());
+        for m in messages {
+            let opcode = if m.text { OP_TEXT } else { OP_BINARY };
+            let last = m.fragments.len() - 1;
+            for (i, fragment) in m.fragments.iter().enumerate() {
+                let op = if i == 0 { opcode } else { OP_CONTINUATION };
+                stream.extend(client_frame(i == last, op, fragment));
+                // Control frames may come between fragments (RFC 6455 §5.4).
+                if i < last {
+                    for (op, payload) in &m.controls {
+                        stream.extend(client_frame(true, *op, payload));
+                        events.push(match *op {
+                            OP_PING => Event::Ping(payload.clone()),
+                            _ => Event::Pong(payload.clone()),
+                        });
+                    }
+                }
+            }
+            events.push(Event::Message(m.text, m.fragments.concat()));
+        }
+        (stream, events)
+    }
+
+    const MAX: usize = 600;
+
+    proptest! {
+        #[test]
+        fn any_bytes_in_any_reads_never_panic_nor_pass_the_bound(
+            stream in prop::collection::vec(any::<u8>(), 0..20_000),
+            reads in prop::collection::vec(1usize..6000, 1..20),
+        ) {
+            decode(MAX, &stream, &reads);
+        }
+
+        #[test]
+        fn headers_of_any_length_never_pass_the_bound(
+            first in any::<u8>(),
+            second in any::<u8>(),
+            extended in any::<[u8; 12]>(),
+            tail in prop::collection::vec(any::<u8>(), 0..10_000),
+            reads in prop::collection::vec(1usize..6000, 1..20),
+        ) {
+            let mut stream = vec![first, second];
+            stream.extend_from_slice(&extended);
+            stream.extend_from_slice(&tail);
+            decode(MAX, &stream, &reads);
+        }
+
+        #[test]
+        fn frames_decoded_are_the_frames_sent(
+            messages in prop::collection::vec(message(MAX), 0..6),
+            reads in prop::collection::vec(1usize..5000, 1..20),
+        ) {
+            let (stream, expected) = encode(&messages);
+            let (events, error) = decode(MAX, &stream, &reads);
+            prop_assert!(error.is_none(), "{:?}", error);
+            prop_assert_eq!(events, expected);
+        }
     }
 }

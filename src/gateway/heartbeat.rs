@@ -1,5 +1,6 @@
 //! The heartbeat of every connection of this node, in one task: once a second it
-//! walks the open connections and
+//! takes the open connections from the hub (briefly under its lock) and walks them
+//! outside the lock:
 //! - closes with 4001 those from which nothing arrived for `idle_timeout_secs`;
 //! - closes with 4008 those whose queued frames have not moved for
 //!   `send_timeout_secs` (a client that stopped reading, before its queue is full);
@@ -25,12 +26,16 @@ pub async fn run(hub: Hub, settings: Arc<Settings>, metrics: Arc<Metrics>) {
     let stalled_after = u32::try_from(settings.server.send_timeout_secs).unwrap_or(u32::MAX);
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Reused from tick to tick; emptied after each walk, so a closed connection's
+    // outbox (and socket) is not kept until the next tick.
+    let mut outboxes = Vec::new();
     for tick in 0u64.. {
         ticks.tick().await;
         let (mut idle, mut stalled) = (0u64, 0u64);
-        hub.for_each_outbox(|id, outbox| {
+        hub.outboxes(&mut outboxes);
+        for (id, outbox) in outboxes.drain(..) {
             if outbox.closing().is_some() {
-                return;
+                continue;
             }
             // Whole seconds on both sides: `>` never closes early.
             if outbox.idle_secs() > idle_after {
@@ -44,7 +49,7 @@ pub async fn run(hub: Hub, settings: Arc<Settings>, metrics: Arc<Metrics>) {
             {
                 stalled += 1;
             }
-        });
+        }
         if idle > 0 {
             log::info!(
                 "closed {idle} connection(s) idle for {idle_after}s (heartbeat.idle_timeout_secs)"

@@ -8,6 +8,10 @@
 //! holds its socket, its outbox and a small task, nothing more (see the README's
 //! Performance section for what that saves).
 //!
+//! Refused upgrades (JSON `{"code","message"}`, before any `101`): 401 token, 403
+//! origin, 400 query, 404 path, 429 `server.max_connections_per_ip`, 503
+//! `server.max_connections` or the server is stopping.
+//!
 //! Close codes the server sends:
 //!
 //! | code | when                                                   |
@@ -17,7 +21,8 @@
 //! | 1002 | the client broke the WebSocket protocol                |
 //! | 1007 | a text frame that is not UTF-8, or a publisher frame   |
 //! |      | that is not a routable object                          |
-//! | 1009 | a message over `server.max_message_bytes`              |
+//! | 1009 | a message over `server.max_message_bytes`, refused at  |
+//! |      | the frame header that announces it (before its payload)|
 //! | 4001 | nothing arrived for `heartbeat.idle_timeout_secs`      |
 //! | 4008 | slow consumer: the send queue overflowed, or its       |
 //! |      | frames did not move for `server.send_timeout_secs`     |
@@ -32,6 +37,7 @@ use actix_http::header::{self, HeaderMap};
 use actix_http::{ConnectionType, Request, Response};
 use actix_service::{ServiceFactory, fn_factory, fn_service};
 use actix_web::ResponseError;
+use actix_web::http::StatusCode;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
 
@@ -40,18 +46,23 @@ use crate::auth::{Refusal, Role};
 use crate::edge::Query;
 use crate::error::ApiError;
 use crate::hub::ConnMeta;
+use crate::net::{CapRefusal, Slot};
 use crate::push::Name;
 
 mod connection;
 pub mod heartbeat;
+mod membership;
+
+use membership::Membership;
 
 /// Paths that take a WebSocket upgrade.
 const WS_PATHS: [&str; 2] = ["/", "/ws"];
 
-/// A connect that passed every check.
+/// A connect that passed every check, with its place under the connection caps.
 struct Accepted {
     meta: ConnMeta,
     role: Role,
+    slot: Slot,
 }
 
 /// The service actix's HTTP/1 dispatcher calls with each WebSocket upgrade request
@@ -79,6 +90,12 @@ pub fn upgrade_service(
 
 /// Answers one upgrade request: `101` and the connection's task, or the refusal as
 /// JSON (like every other HTTP error) and the socket closed.
+///
+/// The connection joins the hub and the registry *before* its `101` is written: a
+/// client may push (or have its back office push) the moment its connect succeeds,
+/// and that push must find it. Frames offered before the socket is attached wait in
+/// the outbox and follow the `101`. If the `101` cannot be written, dropping the
+/// [`Membership`] takes the connection out again.
 async fn upgrade(
     state: Arc<AppState>,
     request: Request,
@@ -105,15 +122,26 @@ async fn upgrade(
             return Ok(());
         }
     };
+    let worker = state.bus.fanout().local_worker();
+    let Some((membership, outbox)) =
+        Membership::join(state.clone(), &accepted.meta, worker, accepted.slot)
+    else {
+        state.metrics.rejected("stopping");
+        let refusal = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is stopping");
+        refuse(&mut framed, &refusal).await;
+        return Ok(());
+    };
     if let Err(e) = framed.send((response, BodySize::None).into()).await {
         log::debug!("upgrade answer not sent: {e}");
         return Ok(());
     }
     let peer = request.head().peer_addr;
     let parts = framed.into_parts();
-    connection::start(
+    let _task = connection::start(
         state,
-        accepted.meta,
+        membership,
+        outbox,
+        &accepted.meta,
         accepted.role,
         parts.io,
         &parts.read_buf,
@@ -180,7 +208,25 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
         session: name(&query, "session").map_err(|e| reject("query", e))?,
         connected_at: unix_now(),
     };
-    Ok(Accepted { meta, role })
+    let slot = admit(state, request).map_err(|cap| reject(cap.reason(), cap_refusal(cap)))?;
+    Ok(Accepted { meta, role, slot })
+}
+
+/// A place under the connection caps, taken last: only a connect that would
+/// otherwise succeed counts against them.
+fn admit(state: &AppState, request: &Request) -> Result<Slot, CapRefusal> {
+    let peer = request.head().peer_addr.map(|addr| addr.ip());
+    state.caps.admit(peer)
+}
+
+/// 503 when the node is full (come back later, or elsewhere), 429 when the client's
+/// own address holds its share.
+fn cap_refusal(cap: CapRefusal) -> ApiError {
+    let status = match cap {
+        CapRefusal::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        CapRefusal::FullForIp { .. } => StatusCode::TOO_MANY_REQUESTS,
+    };
+    ApiError::new(status, cap.to_string())
 }
 
 /// Browsers always send `Origin`; other services (curl, PHP) do not and are allowed.

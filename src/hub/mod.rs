@@ -13,7 +13,7 @@ pub mod frame;
 mod outbox;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
@@ -92,6 +92,9 @@ impl Delivery {
 
 struct Shared {
     state: RwLock<State>,
+    /// Set by [`Hub::stop`]: no connection opens any more. Read and set under the
+    /// state lock, so no open slips in after the stop closed everyone.
+    stopped: AtomicBool,
     next_id: AtomicU64,
     /// Sockets no longer in the indexes that are still finishing their close.
     closing: AtomicUsize,
@@ -136,6 +139,7 @@ impl Hub {
         Self {
             shared: Arc::new(Shared {
                 state: RwLock::new(State::default()),
+                stopped: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 closing: AtomicUsize::new(0),
                 queue_limit_bytes,
@@ -153,11 +157,15 @@ impl Hub {
         self.shared.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a connection served by fan-out `worker` and returns its id and outbox.
-    pub fn open(&self, meta: ConnMeta, worker: usize) -> (ConnId, Arc<Outbox>) {
+    /// Adds a connection served by fan-out `worker` and returns its id and outbox;
+    /// `None` once the hub is stopped ([`Hub::stop`]).
+    pub fn open(&self, meta: ConnMeta, worker: usize) -> Option<(ConnId, Arc<Outbox>)> {
+        let mut state = self.write();
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.shared.queue_limit_bytes, worker));
-        let mut state = self.write();
         if let Some(page) = &meta.page {
             index(&mut state.by_page, page, id, &outbox);
         }
@@ -171,7 +179,7 @@ impl Hub {
                 outbox: outbox.clone(),
             },
         );
-        (id, outbox)
+        Some((id, outbox))
     }
 
     /// Binds `uid` to a connection that has none yet; returns the updated metadata,
@@ -279,13 +287,18 @@ impl Hub {
             .collect()
     }
 
-    /// Runs `f` on every open connection's outbox, under the read lock (keep `f`
-    /// short: opens and closes wait meanwhile).
-    pub fn for_each_outbox(&self, mut f: impl FnMut(ConnId, &Outbox)) {
+    /// Replaces `out` with every open connection's id and outbox, taken under the
+    /// read lock and used after it: a walk that locks each outbox and writes to
+    /// sockets must not hold up opens and closes (writers wait behind readers).
+    pub fn outboxes(&self, out: &mut Vec<(ConnId, Arc<Outbox>)>) {
+        out.clear();
         let state = self.read();
-        for (id, conn) in &state.conns {
-            f(*id, &conn.outbox);
-        }
+        out.extend(
+            state
+                .conns
+                .iter()
+                .map(|(id, conn)| (*id, conn.outbox.clone())),
+        );
     }
 
     /// Asks every connection to close (graceful stop).
@@ -294,6 +307,21 @@ impl Hub {
         for conn in state.conns.values() {
             conn.outbox.close(reason);
         }
+    }
+
+    /// Graceful stop: no connection opens from now on ([`Hub::open`] says `None`),
+    /// and every open one is asked to close with 1001.
+    pub fn stop(&self) {
+        let state = self.write();
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        for conn in state.conns.values() {
+            conn.outbox.close(CloseReason::Shutdown);
+        }
+    }
+
+    /// Whether [`Hub::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Relaxed)
     }
 }
 
@@ -323,9 +351,9 @@ mod tests {
     #[test]
     fn delivers_by_page_uid_and_all() {
         let hub = Hub::new(1 << 20);
-        let (_, home) = hub.open(meta(Some("home"), Some("7")), 0);
-        let (_, home2) = hub.open(meta(Some("home"), None), 0);
-        let (_, list) = hub.open(meta(Some("list"), Some("7")), 0);
+        let (_, home) = hub.open(meta(Some("home"), Some("7")), 0).unwrap();
+        let (_, home2) = hub.open(meta(Some("home"), None), 0).unwrap();
+        let (_, list) = hub.open(meta(Some("list"), Some("7")), 0).unwrap();
 
         let page = hub.deliver(&Push::new(Target::Page(name("home")), "h"));
         assert_eq!(page.delivered, 2);
@@ -342,8 +370,8 @@ mod tests {
     #[test]
     fn close_and_bind_keep_indexes_exact() {
         let hub = Hub::new(1 << 20);
-        let (a, _) = hub.open(meta(Some("home"), None), 0);
-        let (b, _) = hub.open(meta(Some("home"), None), 0);
+        let (a, _) = hub.open(meta(Some("home"), None), 0).unwrap();
+        let (b, _) = hub.open(meta(Some("home"), None), 0).unwrap();
         assert!(hub.bind_uid(a, name("u1")).is_some());
         assert!(
             hub.bind_uid(a, name("u2")).is_none(),
@@ -356,5 +384,19 @@ mod tests {
         hub.close(b);
         assert!(hub.page_counts().is_empty());
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn a_stopped_hub_closes_everyone_and_opens_nobody() {
+        let hub = Hub::new(1 << 20);
+        let (_, open) = hub.open(meta(Some("home"), None), 0).unwrap();
+        hub.stop();
+        assert_eq!(open.closing(), Some(1001));
+        assert!(hub.open(meta(Some("home"), None), 0).is_none());
+        assert_eq!(
+            hub.len(),
+            1,
+            "the open one leaves when its close is written"
+        );
     }
 }

@@ -156,12 +156,17 @@ impl State {
         self.closing.is_some() || self.broken
     }
 
+    /// Whether `frame` can be queued within `limit` bytes.
+    fn fits(&self, frame: &Bytes, limit: usize) -> bool {
+        self.bytes + frame.len() + FRAME_OVERHEAD <= limit
+    }
+
     /// Queues `frame` within `limit` bytes: `Some(was_idle)` (nothing was waiting
     /// before), or `None` when it did not fit and the connection is now closing as
     /// a slow consumer.
     fn enqueue(&mut self, frame: &Bytes, limit: usize) -> Option<bool> {
         let cost = frame.len() + FRAME_OVERHEAD;
-        if self.bytes + cost > limit {
+        if !self.fits(frame, limit) {
             start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
             return None;
         }
@@ -345,10 +350,23 @@ impl Outbox {
     /// Queues `frame` without writing it or waking anyone, for a worker that writes
     /// several pushes at once. The flag is true when nothing was waiting before: the
     /// caller then owes the outbox one [`Outbox::flush_or_wake`].
+    ///
+    /// The limit is on what the socket refused, not on what a batch holds: when
+    /// `frame` would not fit, what is queued is written first, and only what the
+    /// socket does not take counts (a burst of large pushes must not close a client
+    /// that reads).
     pub fn offer_deferred(&self, frame: &Bytes) -> (Offer, bool) {
         let mut state = self.lock();
         if state.refuses_frames() {
             return (Offer::Closed, false);
+        }
+        if !state.fits(frame, self.limit_bytes) {
+            match self.write_pending(&mut state) {
+                Flush::Broken => return (state.mark_broken(), false),
+                // The rest waits for the socket: the connection's task takes it.
+                Flush::Blocked => state.wake_writer(),
+                Flush::Idle | Flush::Closed(_) => {}
+            }
         }
         match state.enqueue(frame, self.limit_bytes) {
             Some(was_idle) => (Offer::Queued, was_idle),
@@ -645,6 +663,33 @@ mod tests {
         outbox.flush_or_wake();
         assert_eq!(wire.sent_texts(), ["a", "b"]);
         assert!(!outbox.wants_flush());
+    }
+
+    #[test]
+    fn deferred_offers_count_only_what_the_socket_refused() {
+        let one = frame::text(&"x".repeat(100));
+        let limit = 3 * (one.len() + FRAME_OVERHEAD);
+        let wire = Arc::new(Buffer::default());
+        let outbox = Outbox::new(limit, 0);
+        outbox.attach(wire.clone());
+        wire.open(4 * one.len());
+        // A batch of 6 frames, twice the limit: the 4th finds the queue full, the
+        // 3 queued go to the socket, and the batch goes on.
+        for _ in 0..6 {
+            assert_eq!(outbox.offer_deferred(&one).0, Offer::Queued);
+        }
+        assert_eq!(outbox.queued_bytes(), limit);
+        // Once the socket takes nothing more, the limit holds.
+        assert_eq!(outbox.offer_deferred(&one).0, Offer::Queued);
+        assert_eq!(outbox.offer_deferred(&one).0, Offer::Overflowed);
+        assert_eq!(outbox.closing(), Some(4008));
+        wire.open(1 << 20);
+        assert_eq!(outbox.flush(), Flush::Closed(4008));
+        assert_eq!(
+            wire.sent_texts().len(),
+            4 + 1,
+            "the 4 taken, then the close"
+        );
     }
 
     #[test]

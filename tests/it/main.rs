@@ -12,6 +12,7 @@
 mod common;
 
 mod browser;
+mod caps;
 mod cluster;
 mod config;
 mod doors;
@@ -22,3 +23,4 @@ mod pages;
 mod profiles;
 mod protocol;
 mod router;
+mod workers;

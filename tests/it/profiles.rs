@@ -25,7 +25,7 @@ fn port(addr: &str) -> u16 {
 /// The profile with every port moved to 127.0.0.1:0, so tests never collide.
 async fn start(mut settings: Settings) -> TestServer {
     settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 1;
+    settings.server.workers = crate::common::server::workers();
     for bind in [
         &mut settings.ingress.text_bind,
         &mut settings.ingress.udp_bind,

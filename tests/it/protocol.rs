@@ -86,6 +86,71 @@ async fn fragmented_messages_are_put_together_within_the_limit() {
     server.stop().await;
 }
 
+/// The first bytes of `frame`: its header up to the mask, without the payload.
+fn header_only(frame: &[u8]) -> &[u8] {
+    let header = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[..header + 4]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_too_much_is_closed_at_its_header() {
+    let server = TestServer::start(|s| s.server.max_message_bytes = 1024).await;
+    let mut bystander = WsClient::connect(&server.ws_url(&home_path())).await;
+
+    // The frame: a text header announcing 32 MiB, then its mask, and not
+    // one byte of payload. The 1009 must come anyway: the server did not wait for
+    // (nor buffer) the 32 MiB.
+    let mut huge = SilentClient::connect(server.addr, &home_path()).await;
+    huge.send_raw(&[0x81, 0xFF, 0, 0, 0, 0, 2, 0, 0, 0, 0x37, 0xfa, 0x21, 0x3d])
+        .await;
+    let (code, reason, _) = huge.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1009, "message too big"));
+
+    // A binary frame just over the limit, by its header alone.
+    let mut binary = SilentClient::connect(server.addr, &home_path()).await;
+    binary
+        .send_raw(header_only(&client_frame(true, 0x2, &[0; 1025], true)))
+        .await;
+    assert_eq!(binary.expect_close().await.0, 1009);
+
+    // A continuation that would take the message past the limit: refused at its
+    // header, its payload never sent.
+    let mut fragments = SilentClient::connect(server.addr, &home_path()).await;
+    fragments
+        .send_raw(&client_frame(false, TEXT, &[b'x'; 800], true))
+        .await;
+    fragments
+        .send_raw(header_only(&client_frame(
+            false,
+            CONTINUATION,
+            &[b'x'; 300],
+            true,
+        )))
+        .await;
+    assert_eq!(fragments.expect_close().await.0, 1009);
+
+    // A control frame over 125 bytes (RFC 6455 §5.5) breaks the protocol: 1002,
+    // also from its header alone.
+    let mut ping = SilentClient::connect(server.addr, &home_path()).await;
+    ping.send_raw(header_only(&client_frame(true, PING, &[0; 126], true)))
+        .await;
+    assert_eq!(ping.expect_close().await.0, 1002);
+
+    assert_eq!(server.rejected("too_big").await, 3);
+    eventually("closed connections forgotten", || async {
+        (server.connections("page=home").await == 1).then_some(())
+    })
+    .await;
+    let (_, body) = server.trigger("pushHomeLogic", "").await;
+    assert_eq!(body["delivered"], 1);
+    assert_eq!(bystander.recv_json().await["code"], 200);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_sent_with_the_upgrade_request_is_read() {
     let server = TestServer::start(|_| {}).await;

@@ -61,8 +61,9 @@ impl Node {
         let dir = std::env::temp_dir();
         let config = dir.join(format!("scenecast-{prefix}-{id}-{port}.toml"));
         let log = dir.join(format!("scenecast-{prefix}-{id}-{port}.log"));
+        let workers = super::server::workers();
         let text = format!(
-            "[server]\nbind = \"{addr}\"\nnode_id = \"{id}\"\nworkers = 1\n\
+            "[server]\nbind = \"{addr}\"\nnode_id = \"{id}\"\nworkers = {workers}\n\
              [auth]\nclient_tokens = [\"{CLIENT_TOKEN}\"]\napi_tokens = [\"{API_TOKEN}\"]\n\
              [redis]\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\nnode_ttl_secs = {ttl_secs}\n{extra}"
         );

@@ -7,11 +7,21 @@ use scenecast::Settings;
 pub const CLIENT_TOKEN: &str = "test-client-token";
 pub const API_TOKEN: &str = "test-api-token";
 
-/// Settings for tests: ephemeral port, known tokens, one worker.
+/// HTTP workers of every test server: `$SCENECAST_TEST_WORKERS`, else 1. CI runs
+/// the suites with 2 and 4 as well, so the per-worker fan-out is exercised.
+pub fn workers() -> usize {
+    std::env::var("SCENECAST_TEST_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
+/// Settings for tests: ephemeral port, known tokens, [`workers`] workers.
 pub fn settings() -> Settings {
     let mut s = Settings::default();
     s.server.bind = "127.0.0.1:0".into();
-    s.server.workers = 1;
+    s.server.workers = workers();
     s.server.node_id = format!("test-{}", super::free_port());
     s.auth.client_tokens = vec![CLIENT_TOKEN.into()];
     s.auth.api_tokens = vec![API_TOKEN.into()];
