@@ -7,6 +7,7 @@ mod common;
 mod browser;
 mod cluster;
 mod config;
+mod faults;
 mod ingress;
 mod pages;
 mod profiles;

@@ -47,6 +47,11 @@ impl RedisKeys {
     pub fn push_channel(&self) -> String {
         format!("{}:push", self.prefix)
     }
+    /// Pub/sub channel only this node subscribes to: its bus link's health probe
+    /// publishes there, and the receiver count says whether the subscription lives.
+    pub fn probe_channel(&self) -> String {
+        format!("{}:node:{}:probe", self.prefix, self.node)
+    }
     /// Cluster-unique id of a local connection.
     pub fn conn_id(&self, id: ConnId) -> String {
         format!("{}:{id}", self.node)
