@@ -27,6 +27,11 @@ impl RedisKeys {
     pub fn page(&self, page: &str) -> String {
         format!("{}:page:{page}", self.prefix)
     }
+    /// Set: pages that had connections (`/api/stats` reads it instead of scanning
+    /// the keyspace; emptied pages are removed as it reads).
+    pub fn pages(&self) -> String {
+        format!("{}:pages", self.prefix)
+    }
     /// Set: ids of connections bound to `uid`.
     pub fn uid(&self, uid: &str) -> String {
         format!("{}:uid:{uid}", self.prefix)

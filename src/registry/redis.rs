@@ -4,6 +4,7 @@
 //! |-------------------------------|--------|-------------------------------------------|
 //! | `{prefix}:conns`              | hash   | connection id → JSON [`ConnRecord`]       |
 //! | `{prefix}:page:{page}`        | set    | ids of connections on that page           |
+//! | `{prefix}:pages`              | set    | pages that had connections (for stats)    |
 //! | `{prefix}:uid:{uid}`          | set    | ids of connections bound to that uid      |
 //! | `{prefix}:node:{node}:conns`  | set    | ids owned by that node (crash clean-up)   |
 //! | `{prefix}:node:{node}:alive`  | string | process token, TTL `node_ttl_secs`        |
@@ -77,6 +78,24 @@ end
 redis.call('DEL', owned)
 if ARGV[3] == '1' then redis.call('SREM', p .. ':nodes', node) end
 return #ids
+"#;
+
+/// Counts the connections of every page in `{prefix}:pages` and removes the pages
+/// left empty, atomically (a page that gains a connection meanwhile is not lost).
+/// ARGV: prefix. Returns `{pages, counts}`.
+const PAGE_COUNTS: &str = r#"
+local p = ARGV[1]
+local pages, counts = {}, {}
+for _, page in ipairs(redis.call('SMEMBERS', p .. ':pages')) do
+  local n = redis.call('SCARD', p .. ':page:' .. page)
+  if n == 0 then
+    redis.call('SREM', p .. ':pages', page)
+  else
+    table.insert(pages, page)
+    table.insert(counts, n)
+  end
+end
+return {pages, counts}
 "#;
 
 /// Why a node may not start: another live process holds its node id.
@@ -229,51 +248,25 @@ impl RedisRegistry {
         }
     }
 
+    /// Cluster-wide stats in one round trip, from the `{prefix}:pages` index (no
+    /// keyspace scan).
     async fn cluster_stats(&self) -> redis::RedisResult<Stats> {
         let keys = &self.shared.keys;
-        let link = &self.shared.link;
-        let pattern = format!("{}:page:*", keys.prefix);
-        let mut page_keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = link
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
-            page_keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        page_keys.sort();
-        page_keys.dedup();
         let mut pipe = redis::pipe();
-        for key in &page_keys {
-            pipe.scard(key);
-        }
-        pipe.hlen(keys.conns()).scard(keys.nodes());
-        let mut counts: Vec<usize> = link.query(&pipe).await?;
-        let nodes = counts.pop().unwrap_or(0);
-        let connections = counts.pop().unwrap_or(0);
-        let strip = format!("{}:page:", keys.prefix);
-        let pages = page_keys
-            .iter()
+        pipe.cmd("EVAL")
+            .arg(PAGE_COUNTS)
+            .arg(0)
+            .arg(&keys.prefix)
+            .hlen(keys.conns())
+            .scard(keys.nodes());
+        let ((pages, counts), connections, nodes): ((Vec<String>, Vec<usize>), usize, usize) =
+            self.shared.link.query(&pipe).await?;
+        let mut pages: Vec<PageCount> = pages
+            .into_iter()
             .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .filter_map(|(key, connections)| {
-                Some(PageCount {
-                    page: key.strip_prefix(&strip)?.to_string(),
-                    connections,
-                })
-            })
+            .map(|(page, connections)| PageCount { page, connections })
             .collect();
+        pages.sort_by(|a, b| a.page.cmp(&b.page));
         Ok(Stats {
             pages,
             connections,
@@ -632,6 +625,7 @@ fn add_conn(pipe: &mut redis::Pipeline, keys: &Keys, id: ConnId, meta: &ConnMeta
     pipe.sadd(keys.owned(&keys.node), &cid).ignore();
     if let Some(page) = &meta.page {
         pipe.sadd(keys.page(page), &cid).ignore();
+        pipe.sadd(keys.pages(), &**page).ignore();
     }
     if let Some(uid) = &meta.uid {
         pipe.sadd(keys.uid(uid), &cid).ignore();
