@@ -1,6 +1,13 @@
 //! The push path without sockets: rendering a scene, framing a payload, and one
 //! fan-out to 10k in-memory connections. `cargo bench`; end-to-end figures with real
 //! sockets come from `bench/run.sh`.
+// Test code: a panic is a failed test (or bench), so unwrapping and indexing are fine.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -5,7 +5,6 @@
 //! worker) → [`hub::Hub`] lookup → each connection's [`hub::Outbox`] → its socket.
 //! Connection metadata goes to the [`registry`] on the side.
 #![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 pub mod app;
 pub mod auth;

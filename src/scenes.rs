@@ -63,18 +63,23 @@ impl Template {
 fn split_params(text: &str, mut literal: impl FnMut(&str, &mut Vec<Piece>)) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
+    while let Some((before, after)) = rest.split_once('{') {
         let name_len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
-        if name_len > 0 && after[name_len..].starts_with('}') {
-            literal(&rest[..open], &mut pieces);
-            pieces.push(Piece::Param(after[..name_len].to_string()));
-            rest = &after[name_len + 1..];
-        } else {
-            literal(&rest[..open + 1], &mut pieces);
-            rest = after;
+        let (name, tail) = after.split_at_checked(name_len).unwrap_or((after, ""));
+        match tail.strip_prefix('}') {
+            Some(tail) if !name.is_empty() => {
+                literal(before, &mut pieces);
+                pieces.push(Piece::Param(name.to_string()));
+                rest = tail;
+            }
+            _ => {
+                // Not a hole: the brace stays literal, scanning goes on after it.
+                let brace = rest.len() - after.len();
+                literal(rest.get(..brace).unwrap_or(rest), &mut pieces);
+                rest = after;
+            }
         }
     }
     literal(rest, &mut pieces);
@@ -90,7 +95,9 @@ fn push_literal(text: &str, pieces: &mut Vec<Piece>) {
 /// Appends `value` as the inside of a JSON string (no quotes).
 fn json_escape_into(value: &str, out: &mut String) {
     let quoted = serde_json::Value::from(value).to_string();
-    out.push_str(&quoted[1..quoted.len() - 1]);
+    // A serialized JSON string always starts and ends with `"`.
+    let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+    out.push_str(inner.unwrap_or_default());
 }
 
 fn push_json_literal(text: &str, pieces: &mut Vec<Piece>) {
@@ -319,7 +326,7 @@ impl SceneTable {
     }
 
     pub fn get(&self, func: &str) -> Option<&Scene> {
-        self.by_func.get(func).map(|&i| &self.scenes[i])
+        self.by_func.get(func).and_then(|&i| self.scenes.get(i))
     }
 
     /// Scenes in configuration order.

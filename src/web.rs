@@ -115,14 +115,16 @@ fn asset_version() -> &'static str {
 /// `/static/{file}`: compiled-in files with their content type, an ETag, and a
 /// year-long cache when the URL names the current version (else revalidate).
 async fn static_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let Some(index) = ASSETS.iter().position(|a| a.name == file.as_str()) else {
+    let found = ASSETS
+        .iter()
+        .zip(VERSIONS.etags.iter())
+        .find(|(a, _)| a.name == file.as_str());
+    let Some((asset, etag)) = found else {
         return Err(ApiError::not_found(format!(
             "no static file {:?}",
             file.as_str()
         )));
     };
-    let asset = &ASSETS[index];
-    let etag = &VERSIONS.etags[index];
     let versioned = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .is_ok_and(|q| q.iter().any(|(k, v)| k == "v" && v == asset_version()));
     let cache = if versioned {

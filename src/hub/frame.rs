@@ -27,19 +27,23 @@ pub fn text(text: &str) -> Bytes {
 
 /// A pong answering a ping whose payload was `payload` (cut to 125 bytes).
 pub fn pong(payload: &[u8]) -> Bytes {
-    encode(OP_PONG, &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)])
+    let cut = payload.get(..MAX_CONTROL_PAYLOAD).unwrap_or(payload);
+    encode(OP_PONG, cut)
 }
 
 /// A close frame with `code` and a reason cut to fit a control frame (123 bytes,
 /// at a character boundary).
 pub fn close(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
+    // The longest prefix that fits and ends at a character boundary.
+    let mut reason = reason;
+    while reason.len() > MAX_CONTROL_PAYLOAD - 2 {
+        let mut chars = reason.chars();
+        chars.next_back();
+        reason = chars.as_str();
     }
-    let mut payload = Vec::with_capacity(2 + end);
+    let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    payload.extend_from_slice(reason.as_bytes());
     encode(OP_CLOSE, &payload)
 }
 

@@ -180,20 +180,24 @@ impl State {
             let result = {
                 let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
                 let mut n = 0;
-                for frame in self.frames.iter().take(WRITE_BATCH) {
-                    slices[n] = IoSlice::new(frame);
+                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                    *slot = IoSlice::new(frame);
                     n += 1;
                 }
-                let close_included = n < WRITE_BATCH
-                    && n == self.frames.len()
-                    && match &self.closing {
-                        Some(closing) if !closing.sent => {
-                            slices[n] = IoSlice::new(&closing.frame);
-                            n += 1;
-                            true
-                        }
-                        _ => false,
-                    };
+                let close_slot = match &self.closing {
+                    Some(closing) if !closing.sent && n == self.frames.len() => {
+                        slices.get_mut(n).map(|slot| (slot, &closing.frame))
+                    }
+                    _ => None,
+                };
+                let close_included = match close_slot {
+                    Some((slot, frame)) => {
+                        *slot = IoSlice::new(frame);
+                        n += 1;
+                        true
+                    }
+                    None => false,
+                };
                 if n == 0 {
                     return match &self.closing {
                         Some(closing) => Flush::Closed(closing.code),
@@ -201,9 +205,9 @@ impl State {
                     };
                 }
                 // One buffer goes through `send`, cheaper in the kernel than `writev`.
-                let written = match n {
-                    1 => wire.try_write(&slices[0]),
-                    _ => wire.try_write_vectored(&slices[..n]),
+                let written = match slices.get(..n).unwrap_or_default() {
+                    [one] => wire.try_write(one),
+                    several => wire.try_write_vectored(several),
                 };
                 written.map(|written| (written, close_included))
             };

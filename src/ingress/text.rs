@@ -340,7 +340,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 });
             }
             let newline = chunk.iter().position(|&b| b == b'\n');
-            let part = &chunk[..newline.unwrap_or(chunk.len())];
+            let part = chunk.get(..newline.unwrap_or(chunk.len())).unwrap_or(chunk);
             // One byte of slack for the `\r` of a `\r\n` ending.
             if !self.overflowed && self.line.len() + part.len() > self.max + 1 {
                 self.overflowed = true;

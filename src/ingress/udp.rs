@@ -47,7 +47,7 @@ async fn receive_loop(socket: UdpSocket, state: Arc<AppState>) {
                 continue;
             }
         };
-        let datagram = strip_line_end(&buffer[..len]);
+        let datagram = strip_line_end(buffer.get(..len).unwrap_or_default());
         let refusal = if len == buffer.len() || datagram.len() > max {
             Some((
                 "udp_too_big",

@@ -1,6 +1,13 @@
 //! The one integration-test binary: every module below starts real servers on
 //! port 0 and talks to them over real sockets. Redis-backed tests start their own
 //! `redis-server` on a free port (see `common::redis`).
+// Test code: a panic is a failed test (or bench), so unwrapping and indexing are fine.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 mod common;
 
