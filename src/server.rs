@@ -402,8 +402,12 @@ impl Running {
                 return Err(std::io::Error::other(format!("critical task {name} {how}")));
             }
         }
-        self.stop().await;
-        Ok(())
+        // A second signal during the graceful stop ends the process at once.
+        tokio::select! {
+            () = self.stop() => Ok(()),
+            _ = tokio::signal::ctrl_c() => Err(std::io::Error::other("second signal during the graceful stop")),
+            _ = term.recv() => Err(std::io::Error::other("second signal during the graceful stop")),
+        }
     }
 
     /// Waits until a critical task ends, and says which and how (tests; the
