@@ -374,7 +374,8 @@ async fn a_publish_redis_runs_late_is_delivered_once() {
     b.wait_status("ok").await;
     let mut on_a = WsClient::connect(&client_url(&a, "page=home")).await;
     let mut on_b = WsClient::connect(&client_url(&b, "page=home")).await;
-    wait_registered(&redis, prefix, 2).await;
+    let load = Load::start(&b, &a).await;
+    wait_registered(&redis, prefix, 3).await;
 
     cmd(&redis, &["CLIENT", "PAUSE", "2000", "WRITE"]);
     let reply = api_push(&a, json!({"page": "home", "message": "slow"})).await;
@@ -387,4 +388,6 @@ async fn a_publish_redis_runs_late_is_delivered_once() {
     assert_eq!(on_a.recv_json().await, json!("marker"));
     assert_eq!(on_b.recv_json().await, json!("marker"));
     on_a.expect_silence(Duration::from_millis(300)).await;
+    load.wait_flowing().await;
+    load.finish(&b).await;
 }
