@@ -179,6 +179,9 @@ impl Link {
         };
         match &result {
             Ok(_) => self.answered(&session),
+            // Redis answered (with an error, or a reply of another type): the link
+            // works; the caller deals with the answer.
+            Err(e) if answered_with_error(e) => self.answered(&session),
             Err(e) => self.failed(e),
         }
         result
@@ -387,6 +390,14 @@ impl Query for redis::Pipeline {
     ) -> impl Future<Output = redis::RedisResult<T>> + Send {
         self.query_async(conn)
     }
+}
+
+/// Whether `error` is Redis's answer rather than a missing one.
+fn answered_with_error(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
+    )
 }
 
 fn timed_out() -> RedisError {
