@@ -474,6 +474,12 @@ impl Worker {
         let mut pipe = redis::pipe();
         pipe.add_command(purge_cmd(keys, &keys.node, false))
             .ignore()
+            // Drops the pages this node's closes left empty from `{prefix}:pages`.
+            .cmd("EVAL")
+            .arg(PAGE_COUNTS)
+            .arg(0)
+            .arg(&keys.prefix)
+            .ignore()
             .del(keys.alive(&keys.node))
             .ignore()
             .srem(keys.nodes(), &keys.node)
