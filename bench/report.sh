@@ -75,7 +75,7 @@ cat <<EOF
 # scenecast load benchmark — $(date +%F)
 
 Produced by \`bench/run.sh\` (wsfan load generator and Node + ws peer from
-\`../shared/tools\`), $(jq -s 'map(.run) | max' "$RAW") run(s) per case, medians shown; \`lost\` is the worst run.
+\`bench/wsfan\` and \`bench/node-ws-peer\`), $(jq -s 'map(.run) | max' "$RAW") run(s) per case, medians shown; \`lost\` is the worst run.
 
 ## Machine
 

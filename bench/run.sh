@@ -8,8 +8,8 @@
 #   RUNS=1 SCENARIOS="idle latency" bench/run.sh
 #
 # Environment:
-#   WSFAN_DIR      wsfan sources            (default ../shared/tools/wsfan)
-#   NODE_PEER_DIR  Node + ws peer           (default ../shared/tools/node-ws-peer)
+#   WSFAN_DIR      wsfan sources            (default bench/wsfan)
+#   NODE_PEER_DIR  Node + ws peer           (default bench/node-ws-peer)
 #   SCENECAST_BIN  server binary to measure (default: cargo build --release)
 #   RUNS           runs per case            (default 3)
 #   SCENARIOS      subset of: idle fanout latency small max text slow cluster
@@ -21,8 +21,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-WSFAN_DIR=${WSFAN_DIR:-$ROOT/../shared/tools/wsfan}
-NODE_PEER_DIR=${NODE_PEER_DIR:-$ROOT/../shared/tools/node-ws-peer}
+WSFAN_DIR=${WSFAN_DIR:-$ROOT/bench/wsfan}
+NODE_PEER_DIR=${NODE_PEER_DIR:-$ROOT/bench/node-ws-peer}
 RUNS=${RUNS:-3}
 SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster}
 OUT=${OUT:-$ROOT/bench/results/$(date +%F).md}
@@ -52,12 +52,12 @@ ulimit -n "$(ulimit -Hn)"
 # ---- builds -----------------------------------------------------------------
 if [[ -z ${SCENECAST_BIN:-} ]]; then
   log "building scenecast (release)"
-  cargo build --release --quiet
+  cargo build --release --locked --quiet --bin scenecast
   SCENECAST_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/scenecast
 fi
 [[ -d $WSFAN_DIR ]] || { echo "wsfan not found at $WSFAN_DIR (set WSFAN_DIR)" >&2; exit 2; }
 log "building wsfan from $WSFAN_DIR"
-(cd "$WSFAN_DIR" && CARGO_TARGET_DIR=$ROOT/bench/target/wsfan cargo build --release --quiet)
+(cd "$WSFAN_DIR" && CARGO_TARGET_DIR=$ROOT/bench/target/wsfan cargo build --release --locked --quiet)
 WSFAN=$ROOT/bench/target/wsfan/release/wsfan
 HAVE_NODE=false
 if command -v node >/dev/null && [[ -f $NODE_PEER_DIR/server.js ]]; then

@@ -1,7 +1,10 @@
 //! Token checks. Client tokens (browsers) and API tokens (back offices) are separate
 //! lists so that a token shipped to a browser can never trigger a push. Every
-//! comparison runs in constant time over the configured tokens.
+//! comparison runs in constant time over the configured tokens, and compares
+//! SHA-256 digests: `ct_eq` on byte strings of different lengths returns at once,
+//! which would tell an attacker a token's length; digests all have 32 bytes.
 
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::AuthSettings;
@@ -25,17 +28,17 @@ pub enum Refusal {
 /// The configured tokens.
 #[derive(Debug, Clone)]
 pub struct Tokens {
-    client: Vec<Box<[u8]>>,
-    api: Vec<Box<[u8]>>,
+    client: Vec<Digest>,
+    api: Vec<Digest>,
     allow_anonymous: bool,
 }
 
 impl Tokens {
     pub fn new(settings: &AuthSettings) -> Self {
-        let bytes = |list: &[String]| list.iter().map(|t| t.as_bytes().into()).collect();
+        let digests = |list: &[String]| list.iter().map(|t| digest(t.as_bytes())).collect();
         Self {
-            client: bytes(&settings.client_tokens),
-            api: bytes(&settings.api_tokens),
+            client: digests(&settings.client_tokens),
+            api: digests(&settings.api_tokens),
             allow_anonymous: settings.allow_anonymous,
         }
     }
@@ -57,19 +60,28 @@ impl Tokens {
     }
 }
 
+/// A token's SHA-256 digest: the fixed-length form every comparison uses.
+type Digest = [u8; 32];
+
+fn digest(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
 /// Compares against every token without stopping at the first match, so timing
-/// tells nothing about which token (or how much of one) matched.
-fn contains(tokens: &[Box<[u8]>], candidate: &[u8]) -> bool {
+/// tells nothing about which token (or how much of one, or how long) matched.
+fn contains(tokens: &[Digest], candidate: &[u8]) -> bool {
+    let candidate = digest(candidate);
     let mut found = subtle::Choice::from(0);
     for token in tokens {
-        found |= token.as_ref().ct_eq(candidate);
+        found |= token.ct_eq(&candidate);
     }
     found.into()
 }
 
-/// Constant-time equality for a single secret (the text port's token).
+/// Constant-time equality for a single secret (the text port's token, the metrics
+/// token), on digests so that the time does not depend on either length.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
+    digest(a).ct_eq(&digest(b)).into()
 }
 
 #[cfg(test)]
@@ -92,6 +104,15 @@ mod tests {
         assert!(!t.is_api("client-1"));
         assert!(t.is_api("api-1"));
         assert!(!t.is_api("api-"));
+        assert!(!t.is_api("api-10"));
+    }
+
+    #[test]
+    fn single_secrets_compare_by_value_whatever_the_lengths() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

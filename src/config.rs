@@ -1,17 +1,23 @@
 //! Settings: built-in defaults, then a TOML file, then `SCENECAST__SECTION__KEY`
-//! environment variables, layered by the `config` crate and validated once at start.
+//! environment variables, validated once at start.
+//!
+//! The layering is done here rather than by the `config` crate, whose environment
+//! source guesses types from the text (`SCENECAST__SERVER__NODE_ID=007` became the
+//! number 7, a numeric token stopped the server): a variable is typed by the default
+//! of the setting it names, so text stays text, and an error can name the variable.
 //!
 //! Unknown keys are errors (`deny_unknown_fields`): a typo in the file must not turn
-//! into a silently ignored setting. Every error names the key it is about, because the
-//! binary prints it as its one line before exiting with status 2.
+//! into a silently ignored setting. Every error names the key it is about, and where
+//! it was set (the file and line, or the variable), because the binary prints it as
+//! its one line before exiting with status 2.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the server needs to start; cheap to clone, read-only after start.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -19,12 +25,13 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub heartbeat: HeartbeatSettings,
     pub ingress: IngressSettings,
+    pub ops: OpsSettings,
     /// The func handler table. `None` (no `[[scenes]]` in any layer) means the
     /// built-in defaults; a config that lists scenes replaces them entirely.
     pub scenes: Option<Vec<SceneConfig>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// HTTP and WebSocket share this address, as in the seed recipes.
@@ -46,7 +53,7 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Accepted in `?token=` on WebSocket connect (browsers).
@@ -57,7 +64,7 @@ pub struct AuthSettings {
     pub allow_anonymous: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// Empty = embedded mode: one node, everything in memory.
@@ -68,7 +75,7 @@ pub struct RedisSettings {
     pub node_ttl_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSettings {
     /// The server sends a WebSocket ping this often.
@@ -77,7 +84,7 @@ pub struct HeartbeatSettings {
     pub idle_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressSettings {
     /// Workerman-style text port (newline-delimited JSON); empty = off.
@@ -88,10 +95,33 @@ pub struct IngressSettings {
     pub udp_bind: String,
     /// Who may publish by sending JSON frames on a WebSocket.
     pub ws_publish: WsPublish,
+    /// A text-port connection that sends nothing for this long (between lines) is
+    /// closed; 0 = never.
+    pub text_idle_timeout_secs: u64,
+    /// Text-port connections one peer IP may hold at once (of the port's 1024);
+    /// one more is closed at accept. 0 = no per-IP limit.
+    pub text_max_connections_per_ip: usize,
+    /// Pushes per second one source may make on average: a peer IP on the text
+    /// and UDP ports, one publisher WebSocket. 0 = no limit.
+    pub push_rate_per_sec: u32,
+    /// Pushes one source may make at once before `push_rate_per_sec` applies
+    /// (at least the rate; 0 = the rate).
+    pub push_burst: u32,
+}
+
+/// `/metrics` exposure.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSettings {
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>` (else 401).
+    pub metrics_token: String,
+    /// Pages that get their own `scenecast_page_connections` series, besides the
+    /// literal pages of `[[scenes]]`; every other page is summed as `_other`.
+    pub metrics_pages: Vec<String>,
 }
 
 /// Who may publish `{"user_id":..}` / `{"page":..}` frames over a WebSocket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WsPublish {
     /// Only connections opened with an API token.
@@ -103,7 +133,7 @@ pub enum WsPublish {
 }
 
 /// One row of the func handler table, as written in `[[scenes]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SceneConfig {
     pub func: String,
@@ -144,7 +174,9 @@ impl Default for RedisSettings {
 impl Default for HeartbeatSettings {
     fn default() -> Self {
         Self {
-            interval_secs: 60,
+            // Under the 60 s idle timeout of nginx and AWS ALB, so that a proxy never
+            // drops a connection whose client only ever receives.
+            interval_secs: 25,
             idle_timeout_secs: 121,
         }
     }
@@ -157,18 +189,52 @@ impl Default for IngressSettings {
             text_token: String::new(),
             udp_bind: String::new(),
             ws_publish: WsPublish::ApiToken,
+            text_idle_timeout_secs: 300,
+            text_max_connections_per_ip: 128,
+            // Far above what a back office or the seed recipes send; a ceiling
+            // against floods, not a quota.
+            push_rate_per_sec: 10_000,
+            push_burst: 20_000,
         }
     }
 }
 
-/// A setting that cannot be used, with the key it is about.
+/// A setting that cannot be used, with the key it is about and, when known, where
+/// it was set (the file and line, or the environment variable).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
-    /// Reading or type errors from the `config` crate; its text names the key.
-    #[error("{0}")]
-    Load(#[from] config::ConfigError),
+    /// A key no section knows (a typo): names the keys that section does know.
+    #[error("unknown setting {key}{known}")]
+    Unknown { key: String, known: String },
+    /// A file that cannot be read or is not TOML.
+    #[error("{file}: {problem}")]
+    File { file: String, problem: String },
+    /// `error`, and where it came from: `FILE`, `FILE line N` or `SCENECAST__X__Y`.
+    #[error("{origin}: {error}")]
+    At {
+        origin: String,
+        error: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The key the error is about (`server.bind`), when it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } | ConfigError::Unknown { key, .. } => Some(key),
+            ConfigError::File { .. } => None,
+            ConfigError::At { error, .. } => error.key(),
+        }
+    }
+
+    fn at(self, origin: impl Into<String>) -> Self {
+        ConfigError::At {
+            origin: origin.into(),
+            error: Box::new(self),
+        }
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -178,48 +244,164 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 3] = [
-    "auth.client_tokens",
-    "auth.api_tokens",
-    "server.allowed_origins",
-];
+/// The prefix of every setting in the environment: `SCENECAST__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "SCENECAST__";
+
+/// Where the settings in force came from, for the start log and `check-config`.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The TOML file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// The `SCENECAST__...` variables that were applied, by name, sorted.
+    pub env: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigSource {
+    /// `config file scenecast.toml + 2 SCENECAST__ variables (A, B)`, or
+    /// `no config file; defaults + environment`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "config file {}", file.display())?,
+            None => write!(f, "no config file; defaults + environment")?,
+        }
+        match self.env.as_slice() {
+            [] => Ok(()),
+            names => write!(
+                f,
+                " + {} {ENV_PREFIX} variable{} ({})",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            ),
+        }
+    }
+}
+
+/// One `SCENECAST__...` variable, mapped to its key.
+struct EnvSetting {
+    var: String,
+    /// `["server", "bind"]`
+    path: Vec<String>,
+    value: String,
+    /// Typed from the defaults (a list, a number...) rather than taken as text.
+    typed: bool,
+}
+
+impl EnvSetting {
+    fn key(&self) -> String {
+        self.path.join(".")
+    }
+}
 
 impl Settings {
     /// Loads defaults → `file` (required when given; else `scenecast.toml` when it
-    /// exists in the working directory) → environment, then validates.
+    /// exists in the working directory) → `SCENECAST__SECTION__KEY` variables, then
+    /// validates. Errors name the key, and the file (and line) or the variable.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        match file {
-            Some(path) => {
-                if !path.exists() {
-                    return Err(invalid(
-                        "--config",
-                        format!("{} does not exist", path.display()),
-                    ));
+        Self::load_with_source(file).map(|(settings, _)| settings)
+    }
+
+    /// [`Settings::load`], also saying which file and variables were used.
+    pub fn load_with_source(file: Option<&Path>) -> Result<(Self, ConfigSource), ConfigError> {
+        Self::load_from(file, std::env::vars_os())
+    }
+
+    /// [`Settings::load_with_source`] with the environment given (for tests).
+    ///
+    /// An environment value is taken as the exact text typed for a text setting
+    /// (`SCENECAST__SERVER__NODE_ID=007` is `"007"`, never the number 7); a list
+    /// setting splits on commas (items trimmed, empty items dropped); a number or
+    /// boolean setting parses it, and a value that does not parse is an error naming
+    /// the variable.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<(Self, ConfigSource), ConfigError> {
+        let file = match file {
+            Some(path) if !path.exists() || path.is_dir() => {
+                return Err(invalid(
+                    "--config",
+                    format!("{} does not exist or is a directory", path.display()),
+                ));
+            }
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from("scenecast.toml")).filter(|p| p.is_file()),
+        };
+        let mut table = toml::Table::new();
+        if let Some(path) = &file {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                file: name.clone(),
+                problem: format!("cannot read: {e}"),
+            })?;
+            // Pass 1: the file alone, so that its errors point into it (file, line, key).
+            toml::from_str::<Settings>(&text).map_err(|e| located(&text, &e, &name))?;
+            table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::File {
+                    file: name,
+                    problem: e.message().to_string(),
+                })?;
+        }
+
+        let file_table = table.clone();
+        let defaults = toml::Table::try_from(Settings::default()).unwrap_or_default();
+        let mut applied = Vec::new();
+        for (name, value) in env {
+            let Some((setting, typed)) = env_setting(&name, &value, &defaults)? else {
+                continue;
+            };
+            insert(&mut table, &setting, typed)?;
+            applied.push(setting);
+        }
+        applied.sort_by(|a, b| a.var.cmp(&b.var));
+
+        // Pass 2: file + environment. A variable that no default types (an optional
+        // setting) was put in as text; if its setting wants a number or a boolean,
+        // it is put in again as one.
+        let settings = loop {
+            let text =
+                toml::to_string(&table).map_err(|e| invalid("environment", e.to_string()))?;
+            let error = match toml::from_str::<Settings>(&text) {
+                Ok(settings) => break settings,
+                Err(error) => error,
+            };
+            let located = located_key(&text, &error);
+            let culprit = located
+                .as_ref()
+                .and_then(|(key, _)| applied.iter_mut().find(|s| env_covers(s, key)));
+            match culprit {
+                Some(setting) if !setting.typed && error.message().contains("string") => {
+                    setting.typed = true;
+                    let value = scalar(&setting.value);
+                    insert(&mut table, setting, value)?;
                 }
-                builder =
-                    builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+                Some(setting) => {
+                    return Err(describe(&setting.key(), error.message()).at(setting.var.clone()));
+                }
+                None => {
+                    let key = located.map(|(key, _)| key).unwrap_or_default();
+                    return Err(describe(&key, error.message()));
+                }
             }
-            None => {
-                builder = builder.add_source(
-                    config::File::with_name("scenecast.toml")
-                        .format(config::FileFormat::Toml)
-                        .required(false),
-                );
+        };
+        settings.validate().map_err(|error| {
+            let key = error.key().unwrap_or_default().to_string();
+            match applied.iter().find(|s| env_covers(s, &key)) {
+                Some(setting) => error.at(setting.var.clone()),
+                None => match &file {
+                    Some(path) if file_sets(&file_table, &key) => {
+                        error.at(path.display().to_string())
+                    }
+                    _ => error,
+                },
             }
-        }
-        let mut env = config::Environment::with_prefix("SCENECAST")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",");
-        for key in LIST_KEYS {
-            env = env.with_list_parse_key(key);
-        }
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        })?;
+        let source = ConfigSource {
+            file,
+            env: applied.into_iter().map(|s| s.var).collect(),
+        };
+        Ok((settings, source))
     }
 
     /// Checks what types alone cannot: addresses parse, numbers are in range,
@@ -247,10 +429,12 @@ impl Settings {
         if self.heartbeat.interval_secs == 0 {
             return Err(invalid("heartbeat.interval_secs", "must be at least 1"));
         }
-        if self.heartbeat.idle_timeout_secs <= self.heartbeat.interval_secs {
+        // Two pings fit in the idle window: a client that only answers pings is
+        // never closed, even when one ping is late (a slow heartbeat walk).
+        if self.heartbeat.idle_timeout_secs < self.heartbeat.interval_secs.saturating_mul(2) {
             return Err(invalid(
                 "heartbeat.idle_timeout_secs",
-                "must be greater than heartbeat.interval_secs",
+                "must be at least 2 x heartbeat.interval_secs",
             ));
         }
         if self.redis.node_ttl_secs < 2 {
@@ -282,16 +466,60 @@ impl Settings {
                 "a token may not be both a client token and an API token",
             ));
         }
+        if !self.ops.metrics_token.is_empty() {
+            check_tokens(
+                "ops.metrics_token",
+                std::slice::from_ref(&self.ops.metrics_token),
+            )?;
+        }
+        if self.ops.metrics_pages.iter().any(String::is_empty) {
+            return Err(invalid("ops.metrics_pages", "page names may not be empty"));
+        }
+        self.refuse_demo_tokens()?;
         for origin in &self.server.allowed_origins {
-            if origin.is_empty() || origin.ends_with('/') {
-                return Err(invalid(
-                    "server.allowed_origins",
-                    format!("{origin:?} is not an origin like \"https://shop.example\""),
-                ));
-            }
+            check_origin(origin)?;
         }
         // Scene templates are compiled (and their errors reported) by the scene table.
         crate::scenes::SceneTable::compile(&self.scene_configs())?;
+        Ok(())
+    }
+
+    /// Fail closed: a token published in this repository (README, examples,
+    /// docker-compose.yml) is no secret, so it may guard loopback only.
+    fn refuse_demo_tokens(&self) -> Result<(), ConfigError> {
+        // A host name counts as what it resolves to, as the listener will bind it.
+        let exposed = |bind: &str| {
+            !bind.is_empty()
+                && resolve_addr("", bind)
+                    .is_ok_and(|addrs| addrs.iter().any(|a| !a.ip().is_loopback()))
+        };
+        let server = exposed(&self.server.bind);
+        let lists = [
+            ("auth.client_tokens", &self.auth.client_tokens, server),
+            ("auth.api_tokens", &self.auth.api_tokens, server),
+        ];
+        for (key, tokens, exposed) in lists {
+            if let Some(token) = tokens.iter().find(|t| is_demo_token(t)).filter(|_| exposed) {
+                return Err(demo_token(key, token, "server.bind", &self.server.bind));
+            }
+        }
+        let text = &self.ingress.text_token;
+        for (bind_key, bind) in [
+            ("ingress.text_bind", &self.ingress.text_bind),
+            ("ingress.udp_bind", &self.ingress.udp_bind),
+        ] {
+            if is_demo_token(text) && exposed(bind) {
+                return Err(demo_token("ingress.text_token", text, bind_key, bind));
+            }
+        }
+        if is_demo_token(&self.ops.metrics_token) && server {
+            return Err(demo_token(
+                "ops.metrics_token",
+                &self.ops.metrics_token,
+                "server.bind",
+                &self.server.bind,
+            ));
+        }
         Ok(())
     }
 
@@ -317,13 +545,57 @@ impl Settings {
     }
 }
 
-fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        invalid(
+/// The addresses `value` (an `ip:port` or `host:port`, e.g. `localhost:9502`)
+/// stands for, resolved as the listener will resolve it; the error names `key`.
+pub fn resolve_addr(key: &str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let like = "an address like 127.0.0.1:9502 or localhost:9502";
+    if value
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(invalid(key, format!("{value:?} is not {like}")));
+    }
+    let addrs: Vec<SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| invalid(key, format!("{value:?} does not resolve: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(invalid(key, format!("{value:?} resolves to no address")));
+    }
+    Ok(addrs)
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<(), ConfigError> {
+    resolve_addr(key, value).map(|_| ())
+}
+
+/// A browser's `Origin` is `scheme://host[:port]`: a bare host never matches one,
+/// so every browser would get 403 (RFC 6454 §6.1).
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    let key = "server.allowed_origins";
+    let Some((scheme, host)) = origin.split_once("://") else {
+        let host = origin.trim_end_matches('/');
+        return Err(invalid(
             key,
-            format!("{value:?} is not an address like 127.0.0.1:9502"),
-        )
-    })
+            format!(
+                "{origin:?} has no scheme: an origin is scheme://host[:port], \
+                 like \"https://{host}\" (browsers send the scheme, so {origin:?} would match none)"
+            ),
+        ));
+    };
+    if scheme.is_empty() || host.is_empty() || host.contains('/') {
+        return Err(invalid(
+            key,
+            format!(
+                "{origin:?} is not an origin like \"https://shop.example\" \
+                 (scheme://host[:port], no path, no trailing slash)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_tokens(key: &str, tokens: &[String]) -> Result<(), ConfigError> {
@@ -336,6 +608,22 @@ fn check_tokens(key: &str, tokens: &[String]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The tokens this repository publishes as examples (`demo-*`, `change-me*`).
+pub fn is_demo_token(token: &str) -> bool {
+    token.starts_with("demo-") || token.starts_with("change-me")
+}
+
+fn demo_token(key: &str, token: &str, bind_key: &str, bind: &str) -> ConfigError {
+    invalid(
+        key,
+        format!(
+            "{token:?} is a published example token and {bind_key} = {bind:?} is not loopback: \
+             set your own secret (e.g. SCENECAST__{}) or bind to 127.0.0.1",
+            key.to_uppercase().replace('.', "__")
+        ),
+    )
 }
 
 /// The seed's two scenes, used when the config has no `[[scenes]]`.
@@ -356,4 +644,440 @@ pub fn default_scenes() -> Vec<SceneConfig> {
             message: serde_json::json!({"code": 200, "message": "后端按了按钮2"}),
         },
     ]
+}
+
+/// An error of the TOML deserializer, with the key and line its span points at in
+/// `text`, and `origin` (the file name) in front.
+fn located(text: &str, error: &toml::de::Error, origin: &str) -> ConfigError {
+    match located_key(text, error) {
+        Some((key, line)) => describe(&key, error.message()).at(format!("{origin} line {line}")),
+        None => ConfigError::File {
+            file: origin.to_string(),
+            problem: one_line(error.message()),
+        },
+    }
+}
+
+/// The dotted key (`server.bind`, `scenes[1].func`) and the 1-based line of the
+/// TOML text that `error`'s span points at.
+fn located_key(text: &str, error: &toml::de::Error) -> Option<(String, usize)> {
+    let start = error.span()?.start;
+    let line_index = text.get(..start)?.matches('\n').count();
+    let mut section = String::new();
+    let mut tables: Vec<(String, usize)> = Vec::new();
+    let mut key = String::new();
+    for (index, line) in text.lines().enumerate().take(line_index + 1) {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split_once("]]")) {
+            let name = name.0.trim().to_string();
+            let count = match tables.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count
+                }
+                None => {
+                    tables.push((name.clone(), 0));
+                    0
+                }
+            };
+            section = format!("{name}[{count}]");
+            key = section.clone();
+        } else if let Some((name, _)) = line.strip_prefix('[').and_then(|l| l.split_once(']')) {
+            section = name.trim().to_string();
+            key = section.clone();
+        } else if index == line_index {
+            let name = line.split_once('=').map_or(line, |(name, _)| name);
+            let name = name.trim().trim_matches('"');
+            key = if section.is_empty() {
+                name.to_string()
+            } else {
+                format!("{section}.{name}")
+            };
+        }
+    }
+    Some((key, line_index + 1))
+}
+
+/// Turns the deserializer's message about `key` into one a person can act on:
+/// an unknown key names the known ones, an unknown enum value lists the valid ones.
+fn describe(key: &str, message: &str) -> ConfigError {
+    let message = one_line(message);
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let segments: Vec<&str> = key.split('.').filter(|s| !s.is_empty()).collect();
+        let (parent, full) = match segments.iter().position(|s| *s == field) {
+            Some(at) => (
+                segments.get(..at).unwrap_or_default().join("."),
+                key.to_string(),
+            ),
+            None if key.is_empty() => (String::new(), field.to_string()),
+            None => (key.to_string(), format!("{key}.{field}")),
+        };
+        let names = expected_names(expected);
+        let known = match (parent.is_empty(), names.is_empty()) {
+            (_, true) => String::new(),
+            (true, false) => format!(" (known sections: {names})"),
+            (false, false) => format!(" (known in [{parent}]: {names})"),
+        };
+        return ConfigError::Unknown { key: full, known };
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let (value, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        return invalid(
+            key,
+            format!("{value:?} is not one of {}", expected_names(expected)),
+        );
+    }
+    let mut problem = message;
+    for number in ["u16", "u32", "u64", "usize", "i64"] {
+        problem = problem.replace(
+            &format!("expected {number}"),
+            "expected a whole number (no quotes)",
+        );
+    }
+    invalid(key, problem)
+}
+
+/// serde's ", expected one of `a`, `b`" / "expected `a` or `b`" as "a, b".
+fn expected_names(expected: &str) -> String {
+    let list = expected
+        .trim_start_matches([',', ' '])
+        .trim_start_matches("expected ")
+        .trim_start_matches("one of ");
+    list.split(", ")
+        .flat_map(|part| part.split(" or "))
+        .map(|name| name.trim().trim_matches('`'))
+        .filter(|name| !name.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `name=value` as a setting when `name` starts with [`ENV_PREFIX`], typed by the
+/// default at its key.
+fn env_setting(
+    name: &std::ffi::OsStr,
+    value: &std::ffi::OsStr,
+    defaults: &toml::Table,
+) -> Result<Option<(EnvSetting, toml::Value)>, ConfigError> {
+    let Some(var) = name.to_str() else {
+        return Ok(None);
+    };
+    let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+        return Ok(None);
+    };
+    let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+    let key = path.join(".");
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err(invalid(
+            key,
+            format!("a setting is named {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}SERVER__BIND"),
+        )
+        .at(var));
+    }
+    let Some(text) = value.to_str() else {
+        return Err(invalid(key, "the value is not UTF-8").at(var));
+    };
+    let refuse = |problem: String| invalid(path.join("."), problem).at(var);
+    for depth in 1..path.len() {
+        let parent = path.get(..depth).unwrap_or_default();
+        if lookup(defaults, parent).is_some_and(|v| !v.is_table()) {
+            return Err(refuse(format!("{} is not a section", parent.join("."))));
+        }
+    }
+    let default = lookup(defaults, &path);
+    let typed = match default {
+        None | Some(toml::Value::String(_)) => toml::Value::String(text.to_string()),
+        Some(toml::Value::Array(items)) => {
+            let numbers = matches!(items.first(), Some(toml::Value::Integer(_)));
+            let mut list = Vec::new();
+            for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                list.push(if numbers {
+                    toml::Value::Integer(whole(item).map_err(&refuse)?)
+                } else {
+                    toml::Value::String(item.to_string())
+                });
+            }
+            toml::Value::Array(list)
+        }
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(whole(text).map_err(&refuse)?),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| refuse(format!("{text:?} is not a number")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            boolean(text).ok_or_else(|| refuse(format!("{text:?} is not true or false")))?,
+        ),
+        Some(_) => {
+            return Err(refuse(format!(
+                "is a section or a table; set its keys one by one ({var}__KEY)"
+            )));
+        }
+    };
+    let setting = EnvSetting {
+        var: var.to_string(),
+        path,
+        value: text.to_string(),
+        typed: default.is_some(),
+    };
+    Ok(Some((setting, typed)))
+}
+
+fn whole(text: &str) -> Result<i64, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))
+}
+
+fn boolean(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// An untyped variable's value as the scalar it spells (for an optional setting
+/// that wants a number or a boolean), else as text.
+fn scalar(text: &str) -> toml::Value {
+    if let Ok(n) = text.trim().parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    if let Ok(x) = text.trim().parse::<f64>() {
+        return toml::Value::Float(x);
+    }
+    match boolean(text) {
+        Some(b) => toml::Value::Boolean(b),
+        None => toml::Value::String(text.to_string()),
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut table = table;
+    for name in parents {
+        table = table.get(name)?.as_table()?;
+    }
+    table.get(last)
+}
+
+/// Puts `value` at `setting`'s key, creating its sections; refuses to replace a
+/// value of the file that is not a section by a section.
+fn insert(
+    table: &mut toml::Table,
+    setting: &EnvSetting,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    let Some((last, parents)) = setting.path.split_last() else {
+        return Ok(());
+    };
+    let mut table = table;
+    for (depth, name) in parents.iter().enumerate() {
+        let entry = table
+            .entry(name.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(inner) = entry.as_table_mut() else {
+            let section = setting.path.get(..=depth).unwrap_or_default().join(".");
+            return Err(
+                invalid(setting.key(), format!("{section} is not a section"))
+                    .at(setting.var.clone()),
+            );
+        };
+        table = inner;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Whether `key` (from an error) is the variable's key, inside it or around it.
+fn env_covers(setting: &EnvSetting, key: &str) -> bool {
+    let own = setting.key();
+    !key.is_empty()
+        && (own == key
+            || own.starts_with(&format!("{key}."))
+            || key.starts_with(&format!("{own}."))
+            || key.starts_with(&format!("{own}[")))
+}
+
+/// Whether the file's table sets `key` (its section, for a `scenes[0].page` key).
+fn file_sets(table: &toml::Table, key: &str) -> bool {
+    let mut parts = key.split('.');
+    let Some(section) = parts.next().map(|s| s.split('[').next().unwrap_or(s)) else {
+        return false;
+    };
+    match (table.get(section), parts.next()) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(toml::Value::Table(inner)), Some(name)) => inner.contains_key(name),
+        (Some(_), Some(_)) => true,
+    }
+}
+
+impl Settings {
+    /// The settings as TOML, for `scenecast check-config`: every token, secret and
+    /// password replaced by `***` (an empty one stays empty, so "not set" shows),
+    /// and the password in any URL (`redis://:pw@host`) too.
+    pub fn to_masked_toml(&self) -> String {
+        let Ok(mut table) = toml::Table::try_from(self) else {
+            return format!("{self:#?}\n");
+        };
+        for (key, value) in table.iter_mut() {
+            mask(key, value, false);
+        }
+        toml::to_string(&table).unwrap_or_else(|e| format!("# cannot print as TOML: {e}\n"))
+    }
+}
+
+/// Masks `value` when it or a parent is a secret by name, and URL passwords always.
+fn mask(key: &str, value: &mut toml::Value, parent_secret: bool) {
+    let lower = key.to_ascii_lowercase();
+    let secret = parent_secret
+        || ["token", "secret", "password"]
+            .iter()
+            .any(|word| lower.split('_').any(|part| part.starts_with(word)));
+    match value {
+        toml::Value::String(text) if secret && !text.is_empty() => *text = "***".into(),
+        toml::Value::String(text) => *text = mask_url_password(text),
+        toml::Value::Array(items) => {
+            for item in items {
+                mask(key, item, secret);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                mask(key, value, secret);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `redis://user:pw@host/` → `redis://user:***@host/`; anything else unchanged.
+fn mask_url_password(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return text.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn serde_messages_become_actionable() {
+        let e = describe(
+            "ingress.ws_publish",
+            "unknown variant `everyone`, expected one of `api_token`, `any`, `off`",
+        );
+        assert_eq!(
+            e.to_string(),
+            "ingress.ws_publish: \"everyone\" is not one of api_token, any, off"
+        );
+        let e = describe("a.mode", "unknown variant `x`, expected `on` or `off`");
+        assert_eq!(e.to_string(), "a.mode: \"x\" is not one of on, off");
+        let e = describe(
+            "server.bnd",
+            "unknown field `bnd`, expected `bind` or `node_id`",
+        );
+        assert_eq!(
+            e.to_string(),
+            "unknown setting server.bnd (known in [server]: bind, node_id)"
+        );
+        let e = describe(
+            "servr",
+            "unknown field `servr`, expected one of `server`, `auth`",
+        );
+        assert_eq!(
+            e.to_string(),
+            "unknown setting servr (known sections: server, auth)"
+        );
+    }
+
+    #[test]
+    fn urls_keep_everything_but_the_password() {
+        assert_eq!(mask_url_password("redis://:pw@h:1/"), "redis://:***@h:1/");
+        assert_eq!(mask_url_password("redis://u:pw@h/0"), "redis://u:***@h/0");
+        assert_eq!(mask_url_password("redis://h:6379/"), "redis://h:6379/");
+        assert_eq!(mask_url_password("no url"), "no url");
+    }
+
+    #[test]
+    fn a_variable_is_typed_by_the_setting_it_names() {
+        let (s, source) = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            env(&[
+                ("SCENECAST__SERVER__NODE_ID", "007"),
+                ("SCENECAST__SERVER__MAX_MESSAGE_BYTES", "1000"),
+                ("SCENECAST__AUTH__API_TOKENS", "1,2"),
+                ("SCENECAST_OTHER", "x"),
+                ("OTHER__SERVER__BIND", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.server.node_id, "007");
+        assert_eq!(s.server.max_message_bytes, 1000);
+        assert_eq!(s.auth.api_tokens, ["1", "2"]);
+        assert_eq!(source.env.len(), 3);
+
+        for (name, value, needle) in [
+            ("SCENECAST__SERVER", "x", "SCENECAST__SECTION__KEY"),
+            ("SCENECAST__SERVER__", "x", "SCENECAST__SECTION__KEY"),
+            ("SCENECAST__SERVER__WORKERS", "-", "not a whole number"),
+            (
+                "SCENECAST__AUTH__ALLOW_ANONYMOUS",
+                "maybe",
+                "not true or false",
+            ),
+            (
+                "SCENECAST__SERVER__BIND__X",
+                "1",
+                "server.bind is not a section",
+            ),
+            ("SCENECAST__SERVER__WORKERS", "-1", "server.workers"),
+        ] {
+            let error = Settings::load_from(Some(Path::new("/dev/null")), env(&[(name, value)]))
+                .expect_err(name)
+                .to_string();
+            assert!(error.starts_with(name), "{error}");
+            assert!(error.contains(needle), "{needle:?} not in {error}");
+        }
+    }
+
+    #[test]
+    fn spans_map_to_dotted_keys() {
+        let text = "[server]\nbind = 1\n\n[[scenes]]\nfunc = 2\n[[scenes]]\nfunc = 3\n";
+        let error = toml::from_str::<Settings>(text).expect_err("bind is not text");
+        assert_eq!(
+            located_key(text, &error),
+            Some(("server.bind".to_string(), 2))
+        );
+        let text = "[[scenes]]\nfunc = \"a\"\nmessage = 1\n[[scenes]]\nfunc = 3\n";
+        let error = toml::from_str::<Settings>(text).expect_err("func is not text");
+        assert_eq!(
+            located_key(text, &error),
+            Some(("scenes[1].func".to_string(), 5))
+        );
+    }
 }

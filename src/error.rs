@@ -2,9 +2,16 @@
 //! `{"code": <HTTP status>, "message": "..."}` (plus optional detail fields),
 //! including failures of actix's own extractors and unknown routes.
 
+use std::sync::LazyLock;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Map, Value, json};
+
+use crate::ingress::throttle::WarnThrottle;
+
+/// The log budget of every refused HTTP request and upgrade.
+static REFUSALS: LazyLock<WarnThrottle> = LazyLock::new(|| WarnThrottle::new(module_path!()));
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -57,8 +64,9 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        // Every refused request leaves one line, whichever handler refused it.
-        log::info!("request refused: {self}");
+        // Every refused request may leave a line, whichever handler refused it, but
+        // through one process-wide budget: a loop of bad requests costs no disk.
+        REFUSALS.log(log::Level::Info, format_args!("request refused: {self}"));
         let mut body = json!({"code": self.status.as_u16(), "message": self.message});
         if let Value::Object(fields) = &mut body {
             fields.extend(self.extra.clone());

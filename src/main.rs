@@ -1,4 +1,4 @@
-//! `scenecast serve [--config FILE]`; `scenecast` alone serves too.
+//! The `scenecast` command: `serve` (the default) and `check-config`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,16 +7,43 @@ use clap::{Parser, Subcommand};
 
 mod limits;
 
+/// `0.1.0 (commit abc1234)`; the commit is "unknown" when built without git
+/// (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCENECAST_COMMIT"),
+    ")"
+);
+
+const CONFIG_HELP: &str = "\
+Configuration, each layer over the one before:
+  1. built-in defaults (README.md, \"Configuration\", lists every key)
+  2. a TOML file: --config FILE, else ./scenecast.toml when it exists
+  3. environment variables SCENECAST__SECTION__KEY, e.g.
+       SCENECAST__SERVER__BIND=0.0.0.0:9502
+       SCENECAST__AUTH__API_TOKENS=token1,token2   (lists are comma-separated)
+     a text setting is taken exactly as typed (SCENECAST__SERVER__NODE_ID=007)
+
+Logging: RUST_LOG (default info), e.g. RUST_LOG=scenecast=debug
+
+Examples:
+  scenecast                                    serve with ./scenecast.toml
+  scenecast serve --config examples/workerman.toml
+  scenecast check-config --config my.toml      print the settings in force, or the error";
+
 #[derive(Parser)]
 #[command(
-    version,
-    about = "Real-time push server: pages keep a WebSocket open, back offices push to them"
+    name = "scenecast",
+    version = VERSION,
+    about = "Real-time push server: pages keep a WebSocket open, back offices push to them",
+    after_help = CONFIG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// TOML config file (default: ./scenecast.toml when it exists).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
@@ -24,21 +51,45 @@ struct Cli {
 enum Command {
     /// Serve HTTP, WebSocket and the configured ingress ports (the default).
     Serve,
+    /// Load and check the configuration, print the settings in force (secrets
+    /// masked) and exit 0; or print the error and exit 2.
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    // `serve` is the only command and the default.
-    let (Some(Command::Serve) | None) = cli.command;
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(cli.config),
+        Some(Command::Serve) | None => serve(cli.config),
+    }
+}
 
-    let settings = match scenecast::Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
+fn check_config(file: Option<PathBuf>) -> ExitCode {
+    match scenecast::Settings::load_with_source(file.as_deref()) {
+        Ok((settings, source)) => {
+            println!("# {source}");
+            println!("# valid; the settings in force (secrets masked):");
+            println!();
+            print!("{}", settings.to_masked_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("scenecast: config error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(file: Option<PathBuf>) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let (settings, source) = match scenecast::Settings::load_with_source(file.as_deref()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("scenecast: config error: {e}");
             return ExitCode::from(2);
         }
     };
+    log::info!("scenecast {VERSION}: {source}");
     limits::raise_and_report();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,22 +1,73 @@
 //! Prometheus metrics, served as text at `/metrics`.
 //!
 //! Counters are plain atomics bumped once per push (never per delivered frame on a
-//! lock); connections per page are read from the hub at scrape time, so the page
-//! label set is exactly the pages that have connections now and cannot grow forever.
+//! lock); connections per page are read from the hub at scrape time.
+//!
+//! Page names are chosen by clients, so two rules keep the exposition valid and
+//! small whatever they choose:
+//! - label values are escaped (`\\`, `\"`, `\n`, as the text format requires;
+//!   prometheus-client 0.24 writes them verbatim), see [`LabelText`];
+//! - only the pages operators named get their own `scenecast_page_connections`
+//!   series: the literal pages of `[[scenes]]` and `ops.metrics_pages`. Every other
+//!   page is summed under `page="_other"`, so clients cannot add series.
 
+use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::config::Settings;
 use crate::hub::Hub;
 use crate::push::Ingress;
+
+/// The `page` label under which every page without its own series is summed.
+pub const OTHER_PAGES: &str = "_other";
+
+/// A label value escaped for the text exposition format (`\` → `\\`, `"` → `\"`,
+/// newline → `\n`; Prometheus "Exposition formats", text format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LabelText<'a>(pub &'a str);
+
+impl EncodeLabelValue for LabelText<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            let (plain, special) = rest.split_at(at);
+            encoder.write_str(plain)?;
+            let mut chars = special.chars();
+            encoder.write_str(match chars.next() {
+                Some('\\') => "\\\\",
+                Some('"') => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = chars.as_str();
+        }
+        encoder.write_str(rest)
+    }
+}
+
+/// The pages that get their own series: the literal pages of the scenes in force
+/// (a page with a `{param}` hole is chosen per trigger, so it has none) and
+/// `ops.metrics_pages`.
+pub fn labelled_pages(settings: &Settings) -> HashSet<Box<str>> {
+    let scenes = settings.scene_configs().into_iter().filter_map(|s| s.page);
+    scenes
+        .filter(|page| !page.contains('{'))
+        .chain(settings.ops.metrics_pages.iter().cloned())
+        .filter(|page| page != OTHER_PAGES)
+        .map(String::into_boxed_str)
+        .collect()
+}
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -46,6 +97,8 @@ impl std::fmt::Debug for Metrics {
 #[derive(Debug)]
 struct HubCollector {
     hub: HubHandle,
+    /// Pages with their own series; see [`labelled_pages`].
+    pages: HashSet<Box<str>>,
 }
 
 /// `Hub` does not implement Debug (it holds live queues); wrap it for the collector.
@@ -74,17 +127,32 @@ impl Collector for HubCollector {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
+        let mut other = 0;
         for (page, count) in self.hub.0.page_counts() {
-            let labels = [("page", &*page)];
+            let page: &str = &page;
+            if !self.pages.contains(page) {
+                other += count;
+                continue;
+            }
+            let labels = [("page", LabelText(page))];
             let gauge = ConstGauge::new(count as i64);
             gauge.encode(family.encode_family(&labels)?)?;
         }
+        let labels = [("page", LabelText(OTHER_PAGES))];
+        ConstGauge::new(other as i64).encode(family.encode_family(&labels)?)?;
         Ok(())
     }
 }
 
 impl Metrics {
+    /// Metrics whose page series are only the default scenes' pages.
     pub fn new(hub: Hub) -> Arc<Self> {
+        Self::with_pages(hub, labelled_pages(&Settings::default()))
+    }
+
+    /// Metrics with their own `scenecast_page_connections` series for `pages`
+    /// (see [`labelled_pages`]); every other page is summed as [`OTHER_PAGES`].
+    pub fn with_pages(hub: Hub, pages: HashSet<Box<str>>) -> Arc<Self> {
         let mut registry = Registry::default();
         let pushes = Family::<Labels, Counter>::default();
         registry.register(
@@ -136,6 +204,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(HubCollector {
             hub: HubHandle(hub),
+            pages,
         }));
         Arc::new(Self {
             registry,
@@ -175,5 +244,48 @@ impl Metrics {
             log::error!("encoding metrics failed");
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(value: &str) -> String {
+        let family = Family::<[(&'static str, LabelText<'static>); 1], Counter>::default();
+        let leaked: &'static str = Box::leak(value.to_string().into_boxed_str());
+        family.get_or_create(&[("page", LabelText(leaked))]).inc();
+        let mut registry = Registry::default();
+        registry.register("t", "t", family);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("t_total{"))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        assert_eq!(encoded("home"), r#"t_total{page="home"} 1"#);
+        assert_eq!(encoded("a\"b"), r#"t_total{page="a\"b"} 1"#);
+        assert_eq!(encoded("x\\y"), r#"t_total{page="x\\y"} 1"#);
+        assert_eq!(encoded("l1\nl2"), r#"t_total{page="l1\nl2"} 1"#);
+        assert_eq!(encoded("é\"\"\\"), r#"t_total{page="é\"\"\\"} 1"#);
+    }
+
+    #[test]
+    fn scene_pages_with_holes_and_the_other_label_get_no_series() {
+        let mut settings = Settings::default();
+        settings.ops.metrics_pages = vec!["promo".into(), OTHER_PAGES.into()];
+        settings.scenes = Some(vec![crate::config::SceneConfig {
+            func: "f".into(),
+            page: Some("{page}".into()),
+            uid: None,
+            all: false,
+            message: serde_json::json!({}),
+        }]);
+        let pages = labelled_pages(&settings);
+        assert_eq!(pages, HashSet::from(["promo".into()]));
     }
 }

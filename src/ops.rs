@@ -1,5 +1,9 @@
 //! Operations endpoints: `/healthz` for load balancers and `/metrics` for Prometheus,
 //! plus the JSON 404 every unknown route gets.
+//!
+//! `/metrics` lists page names; with `ops.metrics_token` set it answers only
+//! `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235 §2.1) and
+//! refuses anything else with 401 JSON.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -39,10 +43,42 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(body)
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let expected = &state.settings.ops.metrics_token;
+    if !expected.is_empty() {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer);
+        match given {
+            None => {
+                state.metrics.rejected("metrics_token");
+                return Err(ApiError::unauthorized(
+                    "/metrics needs Authorization: Bearer <ops.metrics_token>",
+                ));
+            }
+            Some(given)
+                if !crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) =>
+            {
+                state.metrics.rejected("metrics_token");
+                return Err(ApiError::unauthorized("invalid metrics token"));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
+}
+
+/// The credentials of `Bearer <token>`, the scheme matched case-insensitively.
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Unknown route or method.

@@ -194,7 +194,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let node_id = settings.node_id();
     let hub = Hub::new(settings.server.send_queue_bytes);
-    let metrics = Metrics::new(hub.clone());
+    let metrics = Metrics::with_pages(hub.clone(), crate::metrics::labelled_pages(&settings));
     let scenes = SceneTable::compile(&settings.scene_configs())
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let origin = crate::redis::instance_token();
@@ -305,6 +305,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         "scenecast node {node_id} serving HTTP + WebSocket on {http_addr} ({workers} workers), mode {}",
         state.registry.mode()
     );
+    log_start_notes(&settings, http_addr);
+    let open_publish = settings.auth.allow_anonymous
+        && settings.ingress.ws_publish == crate::config::WsPublish::Any;
+    if open_publish && !http_addr.ip().is_loopback() {
+        log::warn!(
+            "server.bind = {http_addr} is reachable from other machines with \
+             auth.allow_anonymous = true and ingress.ws_publish = \"any\": anyone (and any \
+             web page its visitors open, unless server.allowed_origins is set) can push to \
+             every connection; prefer ws_publish = \"api_token\""
+        );
+    }
     let mut ingress_tasks = Vec::new();
     if let (Some(listener), Some(addr)) = (text_listener, text_addr) {
         let token = if settings.ingress.text_token.is_empty() {
@@ -340,6 +351,42 @@ fn bind_error(key: &str, addr: &str, source: std::io::Error) -> StartError {
         addr: format!("{addr} ({key})"),
         source,
     }
+}
+
+/// What a person starting the server needs to read: where the pages are, and that
+/// nothing will work when no token is configured and anonymous access is off.
+fn log_start_notes(settings: &Settings, http_addr: SocketAddr) {
+    let auth = &settings.auth;
+    if auth.client_tokens.is_empty() && auth.api_tokens.is_empty() && !auth.allow_anonymous {
+        log::warn!(
+            "NO TOKEN CONFIGURED: auth.client_tokens and auth.api_tokens are empty and \
+             auth.allow_anonymous is false, so every WebSocket connect and every push gets 401. \
+             Set SCENECAST__AUTH__CLIENT_TOKENS / SCENECAST__AUTH__API_TOKENS, or give a \
+             config file with --config (see scenecast --help)"
+        );
+    }
+    // A wildcard bind is reachable as localhost too; print a URL that opens.
+    let mut shown = http_addr;
+    if shown.ip().is_unspecified() {
+        shown.set_ip(if shown.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let urls: Vec<String> = [
+        "/",
+        "/home",
+        "/list",
+        "/back",
+        "/dashboard",
+        "/healthz",
+        "/metrics",
+    ]
+    .iter()
+    .map(|path| format!("http://{shown}{path}"))
+    .collect();
+    log::info!("pages: {}", urls.join(" "));
 }
 
 /// The socket ingresses trust whoever reaches them unless a token is set.

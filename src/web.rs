@@ -186,6 +186,55 @@ struct DashboardPage {
     version: &'static str,
 }
 
+/// `/` for a browser: where the pages and the docs are.
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+struct IndexPage {
+    view: &'static str,
+    version: &'static str,
+    /// `0.1.0 (commit abc1234)`
+    version_text: &'static str,
+    node: String,
+    mode: &'static str,
+    /// The Host the browser used, for the examples (a placeholder when unusable).
+    host: String,
+}
+
+/// Whether a request to `/` without a query comes from a browser that wants a
+/// page (`Accept: text/html`); programs get the trigger's JSON answers.
+pub fn wants_index(req: &HttpRequest) -> bool {
+    req.query_string().is_empty()
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// The index page (see [`wants_index`]).
+pub fn index(req: &HttpRequest, state: &AppState) -> HttpResponse {
+    let host = req.connection_info().host().to_string();
+    let page = IndexPage {
+        view: "index",
+        version: asset_version(),
+        version_text: concat!(
+            "scenecast ",
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("SCENECAST_COMMIT"),
+            ")"
+        ),
+        node: state.node_id.to_string(),
+        mode: state.registry.mode(),
+        host: if is_plain_host(&host) {
+            host
+        } else {
+            "HOST:PORT".into()
+        },
+    };
+    with_page_headers(page, req)
+}
+
 async fn home(req: HttpRequest) -> HttpResponse {
     let page = FeedPage {
         view: "home",

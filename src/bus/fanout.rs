@@ -196,9 +196,12 @@ fn account(metrics: &Metrics, target: &Target, delivery: Delivery) {
         metrics
             .slow_consumers
             .inc_by(delivery.slow_consumers as u64);
-        log::warn!(
+        use crate::ingress::throttle::WarnThrottle;
+        use std::sync::LazyLock;
+        static SLOW: LazyLock<WarnThrottle> = LazyLock::new(|| WarnThrottle::new(module_path!()));
+        SLOW.warn(format_args!(
             "closed {} slow consumer(s) on {target}: send queue full",
             delivery.slow_consumers,
-        );
+        ));
     }
 }

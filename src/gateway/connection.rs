@@ -28,6 +28,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::config::WsPublish;
 use crate::hub::{ClosingGuard, ConnId, ConnMeta, Flush, Outbox, Wire, frame};
+use crate::ingress::rate::PerConnection;
 use crate::push::{Ingress, Push, route_json_line};
 
 /// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
@@ -43,6 +44,8 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 const NORMAL: u16 = 1000;
 const PROTOCOL: u16 = 1002;
 const INVALID: u16 = 1007;
+/// Policy violation: a publisher over `ingress.push_rate_per_sec` (RFC 6455 §7.4.1).
+const POLICY: u16 = 1008;
 const TOO_BIG: u16 = 1009;
 
 impl Wire for TcpStream {
@@ -88,6 +91,7 @@ pub(super) fn start(
         inbound: Inbound::new(max, early),
         close_deadline: None,
         left: None,
+        rate: PerConnection::default(),
         state,
     };
     tokio::task::spawn_local(connection.run());
@@ -126,6 +130,8 @@ struct Connection {
     /// Set once the connection has left the hub and the registry while its socket
     /// finishes closing.
     left: Option<ClosingGuard>,
+    /// This publisher's push budget (built at its first push).
+    rate: PerConnection,
 }
 
 impl Connection {
@@ -286,6 +292,11 @@ impl Connection {
         }
         if self.may_publish() && text.starts_with('{') {
             return match route_json_line(text, None) {
+                Ok(_) if !self.rate.admit(&self.state.settings.ingress) => {
+                    self.state.metrics.rejected("rate_limited");
+                    self.close(POLICY, "over ingress.push_rate_per_sec");
+                    None
+                }
                 Ok(push) => Some(push),
                 Err(e) => {
                     self.state.metrics.rejected("publisher_frame");

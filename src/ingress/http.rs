@@ -24,6 +24,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// `/` serves both the WebSocket upgrade and the func trigger, as the seeds do; the
 /// upgrades never get here (the gateway takes them before routing).
 async fn root(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // A browser opening the root URL gets a page saying where things are.
+    if crate::web::wants_index(&req) {
+        return Ok(crate::web::index(&req, &state));
+    }
     trigger(&req, &state).await
 }
 
@@ -176,6 +180,15 @@ async fn api_push(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Only the header here: a body-carrying API keeps its secret out of URLs (and
+    // so out of access logs), so the hint must not suggest `?token=`.
+    if api_token(&req, None).is_none() {
+        state.metrics.rejected("api_token");
+        return Err(ApiError::unauthorized(
+            "missing API token: send the header Authorization: Bearer API_TOKEN \
+             (POST /api/push does not read ?token=)",
+        ));
+    }
     require_api_token(&req, None, &state)?;
     let limit = state.settings.server.max_message_bytes;
     let body = read_body(payload, limit.saturating_mul(2)).await?;

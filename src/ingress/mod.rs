@@ -2,6 +2,7 @@
 //! and hands it to [`crate::app::AppState::publish`]; none knows of another.
 
 pub mod http;
+pub mod rate;
 pub mod text;
-mod throttle;
+pub mod throttle;
 pub mod udp;

@@ -9,18 +9,24 @@
 //! token, longer than `server.max_message_bytes`, a line cut off by the disconnect)
 //! gets `fail\n` and a throttled warning, and only ever affects its own line.
 //!
-//! Limits, all fixed so nobody can exhaust the process through this port:
-//! - at most [`MAX_CONNECTIONS`] connections at once; one more is closed at accept;
+//! Limits, so nobody can exhaust the process or lock the back office out:
+//! - at most [`MAX_CONNECTIONS`] connections at once, and at most
+//!   `ingress.text_max_connections_per_ip` from one peer IP; one more is closed at
+//!   accept (counted as `text_connections` / `text_connections_per_ip`);
+//! - a connection that sends nothing for `ingress.text_idle_timeout_secs` between
+//!   lines is closed (Workerman clients that keep theirs open reconnect), and a
+//!   line that has started must end within [`LINE_TIMEOUT`], else `fail\n` and the
+//!   connection is closed;
 //! - a line longer than the limit is skipped up to its newline without being
 //!   buffered, then answered `fail\n`; the connection stays usable;
-//! - a connection may idle between lines for ever (Workerman clients keep theirs
-//!   open; TCP keepalive finds dead peers), but a line that has started must end
-//!   within [`LINE_TIMEOUT`], else `fail\n` and the connection is closed;
+//! - pushes over the peer IP's `ingress.push_rate_per_sec` are answered `fail\n`
+//!   (counted as `rate_limited`);
 //! - a client that stops reading its replies is closed after `server.send_timeout_secs`.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -29,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::rate::PerIp;
 use super::throttle::WarnThrottle;
 use crate::app::AppState;
 use crate::push::{Ingress, Push, RouteError, route_json_line};
@@ -53,7 +60,49 @@ struct Port {
     token: Option<String>,
     max_line: usize,
     send_timeout: Duration,
+    /// `ingress.text_idle_timeout_secs`; `None` = connections may idle for ever.
+    idle_timeout: Option<Duration>,
+    /// `ingress.text_max_connections_per_ip`; 0 = no per-IP limit.
+    max_per_ip: usize,
+    /// Open connections per peer IP (entries at 0 are removed).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    rate: PerIp,
     warnings: WarnThrottle,
+}
+
+/// One connection's place in [`Port::per_ip`], given back on drop (also when the
+/// connection task panics or is aborted).
+struct IpSlot {
+    port: Arc<Port>,
+    ip: IpAddr,
+}
+
+impl Port {
+    /// A slot for one more connection from `ip`, or `None` when it holds its share.
+    fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let open = per_ip.entry(ip).or_insert(0);
+        if self.max_per_ip > 0 && *open >= self.max_per_ip {
+            return None;
+        }
+        *open += 1;
+        Some(IpSlot {
+            port: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.port.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = per_ip.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Binds the text port (`ingress.text_bind`).
@@ -69,6 +118,12 @@ pub fn spawn(listener: TcpListener, state: Arc<AppState>) -> JoinHandle<()> {
         token: Some(settings.ingress.text_token.clone()).filter(|t| !t.is_empty()),
         max_line: settings.server.max_message_bytes,
         send_timeout: Duration::from_secs(settings.server.send_timeout_secs),
+        idle_timeout: Some(settings.ingress.text_idle_timeout_secs)
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs),
+        max_per_ip: settings.ingress.text_max_connections_per_ip,
+        per_ip: Mutex::new(HashMap::new()),
+        rate: PerIp::new(&settings.ingress),
         warnings: WarnThrottle::new(module_path!()),
         state,
     });
@@ -90,7 +145,17 @@ async fn accept_loop(listener: TcpListener, port: Arc<Port>) {
                         ));
                         continue;
                     }
-                    connections.spawn(serve_connection(stream, peer, port.clone()));
+                    let Some(slot) = port.take_slot(peer.ip()) else {
+                        port.state.metrics.rejected("text_connections_per_ip");
+                        port.warnings.warn(format_args!(
+                            "text port: refused {peer}: {} connections already open from {} \
+                             (ingress.text_max_connections_per_ip)",
+                            port.max_per_ip,
+                            peer.ip()
+                        ));
+                        continue;
+                    };
+                    connections.spawn(serve_connection(stream, peer, slot));
                 }
                 Err(e) => {
                     port.warnings.warn(format_args!("text port: accept failed: {e}"));
@@ -102,7 +167,8 @@ async fn accept_loop(listener: TcpListener, port: Arc<Port>) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Port>) {
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, slot: IpSlot) {
+    let port = &slot.port;
     let socket = SockRef::from(&stream);
     crate::server::tune_accepted(&socket);
     // Text connections may idle between lines for ever, so keepalive finds dead peers.
@@ -114,7 +180,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Por
     log::debug!("text port: {peer} connected");
 
     let (read, write) = stream.split();
-    let mut lines = LineReader::new(read, port.max_line, LINE_TIMEOUT);
+    let mut lines = LineReader::new(read, port.max_line, LINE_TIMEOUT, port.idle_timeout);
     let mut replies = Replies {
         writer: BufWriter::new(write),
         timeout: port.send_timeout,
@@ -126,7 +192,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Por
             return;
         }
         let reply = match lines.next().await {
-            Ok(Frame::Line) => match port.handle(lines.line()).await {
+            Ok(Frame::Line) => match port.handle(lines.line(), peer.ip()).await {
                 Some(Ok(delivered)) if delivered > 0 => OK,
                 Some(Ok(_)) => FAIL,
                 Some(Err((reason, problem))) => {
@@ -169,6 +235,10 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Por
                 }
                 return;
             }
+            Ok(Frame::Idle) => {
+                log::debug!("text port: {peer} closed: idle for ingress.text_idle_timeout_secs");
+                return;
+            }
             Ok(Frame::End) => {
                 replies.flush().await;
                 log::debug!("text port: {peer} disconnected");
@@ -199,11 +269,21 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, port: Arc<Por
 impl Port {
     /// Routes and publishes one complete line: the number of connections reached,
     /// the reason it was refused, or `None` for a blank line (no reply).
-    async fn handle(&self, line: &[u8]) -> Option<Result<usize, (&'static str, String)>> {
+    async fn handle(
+        &self,
+        line: &[u8],
+        ip: IpAddr,
+    ) -> Option<Result<usize, (&'static str, String)>> {
         let push = match self.route(line)? {
             Ok(push) => push,
             Err(refusal) => return Some(Err(refusal)),
         };
+        if !self.rate.admit(ip) {
+            return Some(Err((
+                "rate_limited",
+                "over ingress.push_rate_per_sec".into(),
+            )));
+        }
         let published = self.state.publish(push, Ingress::Text).await;
         Some(Ok(published.delivered))
     }
@@ -266,6 +346,8 @@ enum Frame {
     Stalled,
     /// The peer closed between lines.
     End,
+    /// Nothing arrived between lines for the idle timeout.
+    Idle,
 }
 
 /// Newline-delimited lines with a length limit. A line over the limit is never held
@@ -282,10 +364,12 @@ struct LineReader<R> {
     started: Option<Instant>,
     /// How long a started line may take to end.
     line_timeout: Duration,
+    /// How long the reader waits for the first byte of a line; `None` = for ever.
+    idle_timeout: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R, max: usize, line_timeout: Duration) -> Self {
+    fn new(inner: R, max: usize, line_timeout: Duration, idle_timeout: Option<Duration>) -> Self {
         Self {
             inner: BufReader::new(inner),
             line: Vec::new(),
@@ -294,6 +378,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             pending: 0,
             started: None,
             line_timeout,
+            idle_timeout,
         }
     }
 
@@ -328,7 +413,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                         }
                     }
                 }
-                None => self.inner.fill_buf().await?,
+                None => match self.idle_timeout {
+                    None => self.inner.fill_buf().await?,
+                    Some(idle) => match timeout(idle, self.inner.fill_buf()).await {
+                        Ok(chunk) => chunk?,
+                        Err(_) => return Ok(Frame::Idle),
+                    },
+                },
             };
             if chunk.is_empty() {
                 let lost = self.pending;
@@ -385,7 +476,7 @@ mod tests {
     use super::*;
 
     async fn frames(input: &[u8], max: usize) -> Vec<Result<String, Frame>> {
-        let mut reader = LineReader::new(input, max, LINE_TIMEOUT);
+        let mut reader = LineReader::new(input, max, LINE_TIMEOUT, None);
         let mut out = Vec::new();
         loop {
             match reader.next().await.unwrap() {
@@ -434,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_line_times_out_but_an_idle_connection_does_not() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut reader = LineReader::new(server, 64, Duration::from_millis(50));
+        let mut reader = LineReader::new(server, 64, Duration::from_millis(50), None);
         client.write_all(b"{}\n").await.unwrap();
         assert_eq!(reader.next().await.unwrap(), Frame::Line);
         // Idle between lines: no deadline.
@@ -445,5 +536,100 @@ mod tests {
         );
         client.write_all(b"{\"uid\"").await.unwrap();
         assert_eq!(reader.next().await.unwrap(), Frame::Stalled);
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_ends_a_silent_connection_between_lines() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let idle = Some(Duration::from_millis(50));
+        let mut reader = LineReader::new(server, 64, Duration::from_secs(30), idle);
+        client.write_all(b"{}\n").await.unwrap();
+        assert_eq!(reader.next().await.unwrap(), Frame::Line);
+        assert_eq!(reader.next().await.unwrap(), Frame::Idle);
+    }
+
+    /// Serves `chunks` one read at a time, as a socket delivering segments would.
+    struct Chunked(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What the reader must return for `input`: lines split at `\n`, one `\r`
+    /// stripped, over `max` refused, an unterminated tail reported with its size.
+    fn reference(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, Frame>> {
+        let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        let tail = parts.pop().unwrap_or_default();
+        let mut out: Vec<_> = parts
+            .into_iter()
+            .map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() > max {
+                    Err(Frame::TooLong)
+                } else {
+                    Ok(line.to_vec())
+                }
+            })
+            .collect();
+        if !tail.is_empty() {
+            out.push(Err(Frame::Unfinished(tail.len())));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_chunks_read_as_the_reference_and_stay_bounded(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![4 => proptest::prelude::any::<u8>(), 1 => proptest::strategy::Just(b'\n'), 1 => proptest::strategy::Just(b'\r')],
+                0..400,
+            ),
+            cuts in proptest::collection::vec(1usize..64, 1..20),
+            max in 1usize..40,
+        ) {
+            let mut chunks = std::collections::VecDeque::new();
+            let mut rest = input.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, after) = rest.split_at((*cut).min(rest.len()));
+                chunks.push_back(chunk.to_vec());
+                rest = after;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let got = runtime.block_on(async {
+                let mut reader = LineReader::new(Chunked(chunks), max, LINE_TIMEOUT, None);
+                let mut out = Vec::new();
+                loop {
+                    let frame = reader.next().await.unwrap();
+                    // Never more than the limit plus the `\r` slack is held.
+                    assert!(reader.line.len() <= max + 1);
+                    match frame {
+                        Frame::Line => out.push(Ok(reader.line().to_vec())),
+                        Frame::End => return out,
+                        Frame::Unfinished(n) => {
+                            out.push(Err(Frame::Unfinished(n)));
+                            return out;
+                        }
+                        other => out.push(Err(other)),
+                    }
+                }
+            });
+            proptest::prop_assert_eq!(got, reference(&input, max));
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! A warning budget for the socket ingresses: a flood of bad lines or datagrams must
-//! not fill the log (or the disk under it). Each port gets a few warnings per second;
+//! A warning budget for every door: a flood of bad lines, datagrams or refused HTTP
+//! requests must not fill the log (or the disk under it). Each door (one throttle
+//! per port, one for all HTTP refusals, one for slow-consumer closes) gets a few
+//! lines per second;
 //! the rest are counted and the count is reported with the next warning let through.
 //! Metrics still count every refusal.
 
@@ -41,12 +43,20 @@ impl WarnThrottle {
 
     /// Logs `message` at warn level unless this window's budget is spent.
     pub fn warn(&self, message: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Warn, message);
+    }
+
+    /// Logs `message` at `level` unless this window's budget is spent.
+    pub fn log(&self, level: log::Level, message: std::fmt::Arguments<'_>) {
+        if !log::log_enabled!(target: self.target, level) {
+            return;
+        }
         if let Some(suppressed) = self.admit(Instant::now()) {
             let target = self.target;
             if suppressed > 0 {
-                log::warn!(target: target, "{message} ({suppressed} similar warnings suppressed)");
+                log::log!(target: target, level, "{message} ({suppressed} similar lines suppressed)");
             } else {
-                log::warn!(target: target, "{message}");
+                log::log!(target: target, level, "{message}");
             }
         }
     }

@@ -6,6 +6,9 @@
 //! (`scenecast_rejected_total{reason="udp_..."}`) and in the log, where warnings are
 //! throttled so a flood cannot fill it. When `ingress.text_token` is set, datagrams
 //! must carry the same `"token"` as text lines; bind to loopback otherwise.
+//!
+//! Each source IP may push `ingress.push_rate_per_sec` datagrams a second (bursts of
+//! `ingress.push_burst`); the rest are dropped and counted as `rate_limited`.
 
 use std::io;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use super::rate::PerIp;
 use super::throttle::WarnThrottle;
 use crate::app::AppState;
 use crate::push::{Ingress, RouteError, route_json_line};
@@ -35,6 +39,7 @@ async fn receive_loop(socket: UdpSocket, state: Arc<AppState>) {
     let max = state.settings.server.max_message_bytes;
     let token = Some(state.settings.ingress.text_token.as_str()).filter(|t| !t.is_empty());
     let warnings = WarnThrottle::new(module_path!());
+    let rate = PerIp::new(&state.settings.ingress);
     // Room for the largest object plus `\r\n`, and one byte more: a datagram that
     // fills the buffer was longer than that (the kernel truncates it silently).
     let mut buffer = vec![0u8; max + 3];
@@ -59,6 +64,11 @@ async fn receive_loop(socket: UdpSocket, state: Arc<AppState>) {
             match std::str::from_utf8(datagram) {
                 Err(_) => Some(("udp_encoding", "not UTF-8".to_string())),
                 Ok(text) => match route_json_line(text, token) {
+                    // Checked after routing, so that only well-formed pushes (not
+                    // garbage from spoofed sources) take from a source's budget.
+                    Ok(_) if !rate.admit(peer.ip()) => {
+                        Some(("rate_limited", "over ingress.push_rate_per_sec".to_string()))
+                    }
                     Ok(push) => {
                         state.publish(push, Ingress::Udp).await;
                         None

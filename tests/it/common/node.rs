@@ -9,11 +9,22 @@ use std::time::Duration;
 use super::{API_TOKEN, CLIENT_TOKEN, WAIT, free_port};
 
 /// The binary under test: `$SCENECAST_BIN` (CI points it at the release build),
-/// else the one cargo built for this test run.
-fn binary() -> PathBuf {
-    std::env::var_os("SCENECAST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scenecast")))
+/// else the one cargo built for this test run. Panics naming the path when it is
+/// missing (a `SCENECAST_BIN` that ignored `CARGO_TARGET_DIR`, say), rather than
+/// letting the spawn fail with a bare `NotFound`.
+pub fn binary() -> PathBuf {
+    let (path, from) = match std::env::var_os("SCENECAST_BIN") {
+        Some(path) => (PathBuf::from(path), "SCENECAST_BIN"),
+        None => (PathBuf::from(env!("CARGO_BIN_EXE_scenecast")), "cargo"),
+    };
+    assert!(
+        path.is_file(),
+        "the scenecast binary {} (from {from}) does not exist: build it \
+         (cargo build --release --bin scenecast) and point SCENECAST_BIN at \
+         ${{CARGO_TARGET_DIR:-target}}/release/scenecast",
+        path.display()
+    );
+    path
 }
 
 /// Starts the binary with `config`, its stderr appended to `log`.
@@ -30,7 +41,7 @@ fn launch(config: &Path, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .expect("start the scenecast binary")
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()))
 }
 
 pub struct Node {
