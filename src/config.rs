@@ -1,20 +1,24 @@
-//! Settings: built-in defaults, then a TOML file, then `SCENECAST__SECTION__KEY`
-//! environment variables, validated once at start.
+//! Settings: built-in defaults (serde `default`), then a TOML file, then
+//! `SCENECAST__SECTION__KEY` environment variables, layered by the `config` crate and
+//! validated once at start.
 //!
-//! The layering is done here rather than by the `config` crate, whose environment
-//! source guesses types from the text (`SCENECAST__SERVER__NODE_ID=007` became the
-//! number 7, a numeric token stopped the server): a variable is typed by the default
-//! of the setting it names, so text stays text, and an error can name the variable.
+//! The environment layer keeps every value the text typed (`try_parsing(false)`):
+//! the field's type decides, so `SCENECAST__SERVER__NODE_ID=007` stays `"007"` and
+//! `SCENECAST__SERVER__WORKERS=3` is the number 3. A list setting takes a TOML array
+//! or one comma-separated string (`list`).
 //!
-//! Unknown keys are errors (`deny_unknown_fields`): a typo in the file must not turn
-//! into a silently ignored setting. Every error names the key it is about, and where
-//! it was set (the file and line, or the variable), because the binary prints it as
-//! its one line before exiting with status 2.
+//! Unknown keys are errors (`deny_unknown_fields`, for the file and the variables
+//! alike): a typo must not turn into a silently ignored setting. Every error names the
+//! key it is about, and where it was set: the variable, or the file and the line (the
+//! crate keeps no positions, so the line is looked up in the file by the key), because
+//! the binary prints it as its one line before exiting with status 2.
 
+use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _, IntoDeserializer as _};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Everything the server needs to start; cheap to clone, read-only after start.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -39,6 +43,7 @@ pub struct ServerSettings {
     /// Unique across the cluster; empty means `hostname-pid`.
     pub node_id: String,
     /// Browsers' `Origin` values allowed to open a WebSocket; empty allows any.
+    #[serde(deserialize_with = "list")]
     pub allowed_origins: Vec<String>,
     /// Largest inbound WebSocket message, text line or datagram.
     pub max_message_bytes: usize,
@@ -57,8 +62,10 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Accepted in `?token=` on WebSocket connect (browsers).
+    #[serde(deserialize_with = "list")]
     pub client_tokens: Vec<String>,
     /// Accepted on push triggers; on WebSocket connect they make a publisher.
+    #[serde(deserialize_with = "list")]
     pub api_tokens: Vec<String>,
     /// Accept WebSocket connects without any token (the seeds' browser code).
     pub allow_anonymous: bool,
@@ -94,6 +101,7 @@ pub struct IngressSettings {
     /// Swoole-style UDP side port (one JSON object per datagram); empty = off.
     pub udp_bind: String,
     /// Who may publish by sending JSON frames on a WebSocket.
+    #[serde(deserialize_with = "one_of")]
     pub ws_publish: WsPublish,
     /// A text-port connection that sends nothing for this long (between lines) is
     /// closed; 0 = never.
@@ -117,6 +125,7 @@ pub struct OpsSettings {
     pub metrics_token: String,
     /// Pages that get their own `scenecast_page_connections` series, besides the
     /// literal pages of `[[scenes]]`; every other page is summed as `_other`.
+    #[serde(deserialize_with = "list")]
     pub metrics_pages: Vec<String>,
 }
 
@@ -277,26 +286,18 @@ impl std::fmt::Display for ConfigSource {
     }
 }
 
-/// One `SCENECAST__...` variable, mapped to its key.
-struct EnvSetting {
-    var: String,
-    /// `["server", "bind"]`
-    path: Vec<String>,
+/// One `SCENECAST__...` variable and the setting it names.
+struct Variable {
+    name: String,
+    /// `server.bind`, as the `config` crate keys it.
+    key: String,
     value: String,
-    /// Typed from the defaults (a list, a number...) rather than taken as text.
-    typed: bool,
-}
-
-impl EnvSetting {
-    fn key(&self) -> String {
-        self.path.join(".")
-    }
 }
 
 impl Settings {
     /// Loads defaults → `file` (required when given; else `scenecast.toml` when it
     /// exists in the working directory) → `SCENECAST__SECTION__KEY` variables, then
-    /// validates. Errors name the key, and the file (and line) or the variable.
+    /// validates. Errors name the key, and the file and line or the variable.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_source(file).map(|(settings, _)| settings)
     }
@@ -315,7 +316,7 @@ impl Settings {
     /// the variable.
     pub fn load_from(
         file: Option<&Path>,
-        env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<(Self, ConfigSource), ConfigError> {
         let file = match file {
             Some(path) if !path.exists() || path.is_dir() => {
@@ -327,79 +328,62 @@ impl Settings {
             Some(path) => Some(path.to_path_buf()),
             None => Some(PathBuf::from("scenecast.toml")).filter(|p| p.is_file()),
         };
-        let mut table = toml::Table::new();
-        if let Some(path) = &file {
-            let name = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        let name = file.as_ref().map(|p| p.display().to_string());
+        let mut layers = config::Config::builder();
+        // Read here rather than by the crate: an error's line is looked up in it.
+        let mut text = String::new();
+        if let (Some(path), Some(name)) = (&file, &name) {
+            text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                 file: name.clone(),
                 problem: format!("cannot read: {e}"),
             })?;
-            // Pass 1: the file alone, so that its errors point into it (file, line, key).
-            toml::from_str::<Settings>(&text).map_err(|e| located(&text, &e, &name))?;
-            table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::File {
-                    file: name,
-                    problem: e.message().to_string(),
-                })?;
+            layers = layers.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
-
-        let file_table = table.clone();
-        let defaults = toml::Table::try_from(Settings::default()).unwrap_or_default();
-        let mut applied = Vec::new();
-        for (name, value) in env {
-            let Some((setting, typed)) = env_setting(&name, &value, &defaults)? else {
-                continue;
-            };
-            insert(&mut table, &setting, typed)?;
-            applied.push(setting);
-        }
-        applied.sort_by(|a, b| a.var.cmp(&b.var));
-
-        // Pass 2: file + environment. A variable that no default types (an optional
-        // setting) was put in as text; if its setting wants a number or a boolean,
-        // it is put in again as one.
-        let settings = loop {
-            let text =
-                toml::to_string(&table).map_err(|e| invalid("environment", e.to_string()))?;
-            let error = match toml::from_str::<Settings>(&text) {
-                Ok(settings) => break settings,
-                Err(error) => error,
-            };
-            let located = located_key(&text, &error);
-            let culprit = located
-                .as_ref()
-                .and_then(|(key, _)| applied.iter_mut().find(|s| env_covers(s, key)));
-            match culprit {
-                Some(setting) if !setting.typed && error.message().contains("string") => {
-                    setting.typed = true;
-                    let value = scalar(&setting.value);
-                    insert(&mut table, setting, value)?;
-                }
-                Some(setting) => {
-                    return Err(describe(&setting.key(), error.message()).at(setting.var.clone()));
-                }
-                None => {
-                    let key = located.map(|(key, _)| key).unwrap_or_default();
-                    return Err(describe(&key, error.message()));
-                }
+        let vars = env_variables(env)?;
+        let environment = config::Environment::with_prefix("SCENECAST")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(false)
+            .source(Some(
+                vars.iter()
+                    .map(|v| (v.name.clone(), v.value.clone()))
+                    .collect(),
+            ));
+        // Where the value an error is about was set: the variable (the last layer),
+        // else the file's line, when the file sets it.
+        let place = |error: ConfigError| {
+            let key = error.key().unwrap_or_default().to_string();
+            let inside = format!("{key}.");
+            let var = vars
+                .iter()
+                .find(|v| v.key == key || v.key.starts_with(&inside));
+            match (var, &name, line_of(&text, &key)) {
+                (Some(var), _, _) => error.at(var.name.clone()),
+                (None, Some(name), Some(line)) => error.at(format!("{name} line {line}")),
+                _ => error,
             }
         };
-        settings.validate().map_err(|error| {
-            let key = error.key().unwrap_or_default().to_string();
-            match applied.iter().find(|s| env_covers(s, &key)) {
-                Some(setting) => error.at(setting.var.clone()),
-                None => match &file {
-                    Some(path) if file_sets(&file_table, &key) => {
-                        error.at(path.display().to_string())
+        let settings: Settings = layers
+            .add_source(environment)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|error| match error {
+                // Not TOML: toml's own message, and its line.
+                config::ConfigError::FileParse { cause, .. } => {
+                    let toml = cause.downcast_ref::<toml::de::Error>();
+                    let line = toml.and_then(toml::de::Error::span);
+                    let line = line.map(|s| format!(" line {}", line_at(&text, s.start)));
+                    ConfigError::File {
+                        file: name.clone().unwrap_or_default() + &line.unwrap_or_default(),
+                        problem: one_line(&toml.map_or(cause.to_string(), |e| e.message().into())),
                     }
-                    _ => error,
-                },
-            }
-        })?;
+                }
+                error => place(from_crate(error)),
+            })?;
+        settings.validate().map_err(place)?;
         let source = ConfigSource {
             file,
-            env: applied.into_iter().map(|s| s.var).collect(),
+            env: vars.into_iter().map(|v| v.name).collect(),
         };
         Ok((settings, source))
     }
@@ -646,96 +630,119 @@ pub fn default_scenes() -> Vec<SceneConfig> {
     ]
 }
 
-/// An error of the TOML deserializer, with the key and line its span points at in
-/// `text`, and `origin` (the file name) in front.
-fn located(text: &str, error: &toml::de::Error, origin: &str) -> ConfigError {
-    match located_key(text, error) {
-        Some((key, line)) => describe(&key, error.message()).at(format!("{origin} line {line}")),
-        None => ConfigError::File {
-            file: origin.to_string(),
-            problem: one_line(error.message()),
-        },
-    }
-}
+/// A list setting (every `Vec<String>` field has `deserialize_with = "list"`): a TOML
+/// array, or one comma-separated string (how a list is written in an environment
+/// variable; items trimmed, empty items dropped).
+fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct List;
+    impl<'de> serde::de::Visitor<'de> for List {
+        type Value = Vec<String>;
 
-/// The dotted key (`server.bind`, `scenes[1].func`) and the 1-based line of the
-/// TOML text that `error`'s span points at.
-fn located_key(text: &str, error: &toml::de::Error) -> Option<(String, usize)> {
-    let start = error.span()?.start;
-    let line_index = text.get(..start)?.matches('\n').count();
-    let mut section = String::new();
-    let mut tables: Vec<(String, usize)> = Vec::new();
-    let mut key = String::new();
-    for (index, line) in text.lines().enumerate().take(line_index + 1) {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split_once("]]")) {
-            let name = name.0.trim().to_string();
-            let count = match tables.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, count)) => {
-                    *count += 1;
-                    *count
-                }
-                None => {
-                    tables.push((name.clone(), 0));
-                    0
-                }
-            };
-            section = format!("{name}[{count}]");
-            key = section.clone();
-        } else if let Some((name, _)) = line.strip_prefix('[').and_then(|l| l.split_once(']')) {
-            section = name.trim().to_string();
-            key = section.clone();
-        } else if index == line_index {
-            let name = line.split_once('=').map_or(line, |(name, _)| name);
-            let name = name.trim().trim_matches('"');
-            key = if section.is_empty() {
-                name.to_string()
-            } else {
-                format!("{section}.{name}")
-            };
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of strings, or one comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            let items = text.split(',').map(str::trim).filter(|i| !i.is_empty());
+            Ok(items.map(String::from).collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            items: A,
+        ) -> Result<Vec<String>, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(items))
         }
     }
-    Some((key, line_index + 1))
+    deserializer.deserialize_any(List)
 }
 
-/// Turns the deserializer's message about `key` into one a person can act on:
-/// an unknown key names the known ones, an unknown enum value lists the valid ones.
-fn describe(key: &str, message: &str) -> ConfigError {
-    let message = one_line(message);
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        let segments: Vec<&str> = key.split('.').filter(|s| !s.is_empty()).collect();
-        let (parent, full) = match segments.iter().position(|s| *s == field) {
-            Some(at) => (
-                segments.get(..at).unwrap_or_default().join("."),
-                key.to_string(),
-            ),
-            None if key.is_empty() => (String::new(), field.to_string()),
-            None => (key.to_string(), format!("{key}.{field}")),
+/// An enum setting by its name; an unknown name is refused with the valid ones
+/// (`"everyone" is not one of api_token, any, off`), from the file or a variable alike.
+fn one_of<'de, D: Deserializer<'de>, T: DeserializeOwned>(deserializer: D) -> Result<T, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    T::deserialize(name.as_str().into_deserializer()).map_err(|e: serde::de::value::Error| {
+        let message = e.to_string();
+        let expected = message
+            .rsplit_once("expected ")
+            .map_or("", |(_, list)| list);
+        D::Error::custom(format!(
+            "{name:?} is not one of {}",
+            expected_names(expected)
+        ))
+    })
+}
+
+/// The `SCENECAST__...` variables of `env`, sorted by name. Which settings they name
+/// is checked when the crate deserializes them (`deny_unknown_fields`).
+fn env_variables(
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<Variable>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(ENV_PREFIX)) else {
+            continue;
         };
-        let names = expected_names(expected);
-        let known = match (parent.is_empty(), names.is_empty()) {
-            (_, true) => String::new(),
-            (true, false) => format!(" (known sections: {names})"),
-            (false, false) => format!(" (known in [{parent}]: {names})"),
+        let name = format!("{ENV_PREFIX}{rest}");
+        let key = rest.to_lowercase().replace("__", ".");
+        let refuse = |problem: &str| invalid(key.clone(), problem).at(name.clone());
+        if !key.contains('.') || key.split('.').any(str::is_empty) {
+            return Err(refuse(&format!(
+                "a setting is named {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}SERVER__BIND"
+            )));
+        }
+        let Ok(value) = value.into_string() else {
+            return Err(refuse("the value is not UTF-8"));
         };
-        return ConfigError::Unknown { key: full, known };
+        vars.push(Variable { name, key, value });
     }
-    if let Some(rest) = message.strip_prefix("unknown variant `") {
-        let (value, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        return invalid(
+    vars.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(vars)
+}
+
+/// The `config` crate's error as one a person can act on, keyed by its setting: a
+/// value of the wrong type, a missing or unknown key (naming the known ones).
+fn from_crate(error: config::ConfigError) -> ConfigError {
+    let (key, message) = match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
             key,
-            format!("{value:?} is not one of {}", expected_names(expected)),
-        );
-    }
-    let mut problem = message;
-    for number in ["u16", "u32", "u64", "usize", "i64"] {
-        problem = problem.replace(
-            &format!("expected {number}"),
-            "expected a whole number (no quotes)",
-        );
-    }
-    invalid(key, problem)
+            ..
+        } => {
+            let key = key.unwrap_or_default();
+            let shown = unexpected.to_string();
+            let value = shown.strip_prefix("string ").unwrap_or(&shown);
+            let problem = match expected {
+                _ if value == "map" => format!("{key} is not a section"),
+                "an integer" => format!("{value} is not a whole number"),
+                "a boolean" => format!("{value} is not true or false"),
+                _ => format!("{value} is not {expected}"),
+            };
+            return invalid(key, problem);
+        }
+        // The crate writes `scenes[0]message` for a field of a list item.
+        config::ConfigError::NotFound(key) => {
+            return invalid(key.replace(']', "].").replace("].[", "]["), "must be set");
+        }
+        config::ConfigError::At { error, key, .. } => (key.unwrap_or_default(), error.to_string()),
+        other => (String::new(), other.to_string()),
+    };
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return invalid(key, one_line(&message));
+    };
+    let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+    let names = expected_names(expected);
+    let known = match (key.is_empty(), names.is_empty()) {
+        (_, true) => String::new(),
+        (true, false) => format!(" (known sections: {names})"),
+        (false, false) => format!(" (known in [{key}]: {names})"),
+    };
+    let key = match key.is_empty() {
+        true => field.to_string(),
+        false => format!("{key}.{field}"),
+    };
+    ConfigError::Unknown { key, known }
 }
 
 /// serde's ", expected one of `a`, `b`" / "expected `a` or `b`" as "a, b".
@@ -761,165 +768,31 @@ fn one_line(message: &str) -> String {
         .join("; ")
 }
 
-/// `name=value` as a setting when `name` starts with [`ENV_PREFIX`], typed by the
-/// default at its key.
-fn env_setting(
-    name: &std::ffi::OsStr,
-    value: &std::ffi::OsStr,
-    defaults: &toml::Table,
-) -> Result<Option<(EnvSetting, toml::Value)>, ConfigError> {
-    let Some(var) = name.to_str() else {
-        return Ok(None);
-    };
-    let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-        return Ok(None);
-    };
-    let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-    let key = path.join(".");
-    if path.len() < 2 || path.iter().any(String::is_empty) {
-        return Err(invalid(
-            key,
-            format!("a setting is named {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}SERVER__BIND"),
-        )
-        .at(var));
-    }
-    let Some(text) = value.to_str() else {
-        return Err(invalid(key, "the value is not UTF-8").at(var));
-    };
-    let refuse = |problem: String| invalid(path.join("."), problem).at(var);
-    for depth in 1..path.len() {
-        let parent = path.get(..depth).unwrap_or_default();
-        if lookup(defaults, parent).is_some_and(|v| !v.is_table()) {
-            return Err(refuse(format!("{} is not a section", parent.join("."))));
-        }
-    }
-    let default = lookup(defaults, &path);
-    let typed = match default {
-        None | Some(toml::Value::String(_)) => toml::Value::String(text.to_string()),
-        Some(toml::Value::Array(items)) => {
-            let numbers = matches!(items.first(), Some(toml::Value::Integer(_)));
-            let mut list = Vec::new();
-            for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-                list.push(if numbers {
-                    toml::Value::Integer(whole(item).map_err(&refuse)?)
-                } else {
-                    toml::Value::String(item.to_string())
-                });
+/// The line of the TOML `text` that sets `key` (`server.bind`, `scenes[0].page`), or
+/// the nearest part of it that the text sets; `None` when it sets none of it.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    use toml::de::DeValue;
+    let root = DeValue::Table(toml::de::DeTable::parse(text).ok()?.into_inner());
+    let mut here = &root;
+    let mut start = None;
+    for part in key.split(['.', '[']).filter(|p| !p.is_empty()) {
+        let next = match (here, part.strip_suffix(']')) {
+            (DeValue::Array(items), Some(index)) => {
+                index.parse().ok().and_then(|i: usize| items.get(i))
             }
-            toml::Value::Array(list)
-        }
-        Some(toml::Value::Integer(_)) => toml::Value::Integer(whole(text).map_err(&refuse)?),
-        Some(toml::Value::Float(_)) => toml::Value::Float(
-            text.trim()
-                .parse()
-                .map_err(|_| refuse(format!("{text:?} is not a number")))?,
-        ),
-        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
-            boolean(text).ok_or_else(|| refuse(format!("{text:?} is not true or false")))?,
-        ),
-        Some(_) => {
-            return Err(refuse(format!(
-                "is a section or a table; set its keys one by one ({var}__KEY)"
-            )));
-        }
-    };
-    let setting = EnvSetting {
-        var: var.to_string(),
-        path,
-        value: text.to_string(),
-        typed: default.is_some(),
-    };
-    Ok(Some((setting, typed)))
-}
-
-fn whole(text: &str) -> Result<i64, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a whole number"))
-}
-
-fn boolean(text: &str) -> Option<bool> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// An untyped variable's value as the scalar it spells (for an optional setting
-/// that wants a number or a boolean), else as text.
-fn scalar(text: &str) -> toml::Value {
-    if let Ok(n) = text.trim().parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    if let Ok(x) = text.trim().parse::<f64>() {
-        return toml::Value::Float(x);
-    }
-    match boolean(text) {
-        Some(b) => toml::Value::Boolean(b),
-        None => toml::Value::String(text.to_string()),
-    }
-}
-
-fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
-    let (last, parents) = path.split_last()?;
-    let mut table = table;
-    for name in parents {
-        table = table.get(name)?.as_table()?;
-    }
-    table.get(last)
-}
-
-/// Puts `value` at `setting`'s key, creating its sections; refuses to replace a
-/// value of the file that is not a section by a section.
-fn insert(
-    table: &mut toml::Table,
-    setting: &EnvSetting,
-    value: toml::Value,
-) -> Result<(), ConfigError> {
-    let Some((last, parents)) = setting.path.split_last() else {
-        return Ok(());
-    };
-    let mut table = table;
-    for (depth, name) in parents.iter().enumerate() {
-        let entry = table
-            .entry(name.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(inner) = entry.as_table_mut() else {
-            let section = setting.path.get(..=depth).unwrap_or_default().join(".");
-            return Err(
-                invalid(setting.key(), format!("{section} is not a section"))
-                    .at(setting.var.clone()),
-            );
+            (DeValue::Table(table), None) => table.get(part),
+            _ => None,
         };
-        table = inner;
+        let Some(next) = next else { break };
+        start = Some(next.span().start);
+        here = next.get_ref();
     }
-    table.insert(last.clone(), value);
-    Ok(())
+    start.map(|at| line_at(text, at))
 }
 
-/// Whether `key` (from an error) is the variable's key, inside it or around it.
-fn env_covers(setting: &EnvSetting, key: &str) -> bool {
-    let own = setting.key();
-    !key.is_empty()
-        && (own == key
-            || own.starts_with(&format!("{key}."))
-            || key.starts_with(&format!("{own}."))
-            || key.starts_with(&format!("{own}[")))
-}
-
-/// Whether the file's table sets `key` (its section, for a `scenes[0].page` key).
-fn file_sets(table: &toml::Table, key: &str) -> bool {
-    let mut parts = key.split('.');
-    let Some(section) = parts.next().map(|s| s.split('[').next().unwrap_or(s)) else {
-        return false;
-    };
-    match (table.get(section), parts.next()) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(toml::Value::Table(inner)), Some(name)) => inner.contains_key(name),
-        (Some(_), Some(_)) => true,
-    }
+/// The 1-based line of byte `at` in `text`.
+fn line_at(text: &str, at: usize) -> usize {
+    text.get(..at).unwrap_or(text).matches('\n').count() + 1
 }
 
 impl Settings {
@@ -987,32 +860,39 @@ mod tests {
 
     #[test]
     fn serde_messages_become_actionable() {
-        let e = describe(
-            "ingress.ws_publish",
-            "unknown variant `everyone`, expected one of `api_token`, `any`, `off`",
-        );
+        // An enum value is refused by `one_of`, whichever deserializer reads it.
+        let e = toml::from_str::<IngressSettings>("ws_publish = \"everyone\"")
+            .expect_err("no such value");
         assert_eq!(
-            e.to_string(),
-            "ingress.ws_publish: \"everyone\" is not one of api_token, any, off"
+            e.message(),
+            "\"everyone\" is not one of api_token, any, off"
         );
-        let e = describe("a.mode", "unknown variant `x`, expected `on` or `off`");
-        assert_eq!(e.to_string(), "a.mode: \"x\" is not one of on, off");
-        let e = describe(
-            "server.bnd",
+        assert_eq!(expected_names("expected `on` or `off`"), "on, off");
+        // The crate keys an unknown field by its section.
+        let unknown = |key: &str, message: &str| {
+            from_crate(config::ConfigError::At {
+                error: Box::new(config::ConfigError::Message(message.into())),
+                origin: None,
+                key: Some(key.into()),
+            })
+        };
+        let e = unknown(
+            "server",
             "unknown field `bnd`, expected `bind` or `node_id`",
         );
         assert_eq!(
             e.to_string(),
             "unknown setting server.bnd (known in [server]: bind, node_id)"
         );
-        let e = describe(
-            "servr",
-            "unknown field `servr`, expected one of `server`, `auth`",
-        );
+        let e = from_crate(config::ConfigError::Message(
+            "unknown field `servr`, expected one of `server`, `auth`".into(),
+        ));
         assert_eq!(
             e.to_string(),
             "unknown setting servr (known sections: server, auth)"
         );
+        let e = from_crate(config::ConfigError::NotFound("scenes[0]message".into()));
+        assert_eq!(e.to_string(), "scenes[0].message: must be set");
     }
 
     #[test]
@@ -1031,6 +911,7 @@ mod tests {
                 ("SCENECAST__SERVER__NODE_ID", "007"),
                 ("SCENECAST__SERVER__MAX_MESSAGE_BYTES", "1000"),
                 ("SCENECAST__AUTH__API_TOKENS", "1,2"),
+                ("SCENECAST__OPS__METRICS_PAGES", " home, list "),
                 ("SCENECAST_OTHER", "x"),
                 ("OTHER__SERVER__BIND", "x"),
             ]),
@@ -1039,7 +920,8 @@ mod tests {
         assert_eq!(s.server.node_id, "007");
         assert_eq!(s.server.max_message_bytes, 1000);
         assert_eq!(s.auth.api_tokens, ["1", "2"]);
-        assert_eq!(source.env.len(), 3);
+        assert_eq!(s.ops.metrics_pages, ["home", "list"]);
+        assert_eq!(source.env.len(), 4);
 
         for (name, value, needle) in [
             ("SCENECAST__SERVER", "x", "SCENECAST__SECTION__KEY"),
@@ -1056,6 +938,12 @@ mod tests {
                 "server.bind is not a section",
             ),
             ("SCENECAST__SERVER__WORKERS", "-1", "server.workers"),
+            ("SCENECAST__SCENES__FUNC", "x", "scenes"),
+            (
+                "SCENECAST__SERVR__BIND",
+                "x",
+                "known sections: server, auth",
+            ),
         ] {
             let error = Settings::load_from(Some(Path::new("/dev/null")), env(&[(name, value)]))
                 .expect_err(name)
@@ -1066,18 +954,13 @@ mod tests {
     }
 
     #[test]
-    fn spans_map_to_dotted_keys() {
+    fn keys_map_to_the_lines_that_set_them() {
         let text = "[server]\nbind = 1\n\n[[scenes]]\nfunc = 2\n[[scenes]]\nfunc = 3\n";
-        let error = toml::from_str::<Settings>(text).expect_err("bind is not text");
-        assert_eq!(
-            located_key(text, &error),
-            Some(("server.bind".to_string(), 2))
-        );
-        let text = "[[scenes]]\nfunc = \"a\"\nmessage = 1\n[[scenes]]\nfunc = 3\n";
-        let error = toml::from_str::<Settings>(text).expect_err("func is not text");
-        assert_eq!(
-            located_key(text, &error),
-            Some(("scenes[1].func".to_string(), 5))
-        );
+        assert_eq!(line_of(text, "server.bind"), Some(2));
+        assert_eq!(line_of(text, "scenes[1].func"), Some(7));
+        // Not set: the line of the nearest part that is (the list item).
+        let item = line_of(text, "scenes[0].page").expect("scenes[0] is set");
+        assert!((4..=5).contains(&item), "{item}");
+        assert_eq!(line_of(text, "redis.url"), None);
     }
 }
