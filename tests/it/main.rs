@@ -16,6 +16,7 @@ mod caps;
 mod cluster;
 mod config;
 mod doors;
+mod faults;
 mod first_hour;
 mod ingress;
 mod pages;
