@@ -9,6 +9,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::net::ConnectionCaps;
 use crate::push::{Ingress, Push};
+use crate::redis::LinkDown;
 use crate::registry::Registry;
 use crate::scenes::SceneTable;
 
@@ -41,5 +42,12 @@ impl AppState {
     /// Redis mode with both the registry and the bus connected.
     pub fn redis_up(&self) -> bool {
         self.registry.redis_up() && self.bus.is_up()
+    }
+
+    /// The first Redis link that is down (or lost pushes lately), with why and
+    /// since when; `None` in embedded mode or when all is well. Read from memory:
+    /// no Redis round trip.
+    pub fn cluster_down(&self) -> Option<LinkDown> {
+        self.bus.down().or_else(|| self.registry.down())
     }
 }

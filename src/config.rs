@@ -521,7 +521,9 @@ impl Settings {
         self.scenes.clone().unwrap_or_else(default_scenes)
     }
 
-    /// `node_id`, or `hostname-pid` when none is configured.
+    /// `node_id`, or `hostname-pid-random` when none is configured: unique per
+    /// call, so two processes sharing a hostname and a PID (containers that run as
+    /// PID 1) never share an id. Call it once per server.
     pub fn node_id(&self) -> String {
         if !self.server.node_id.is_empty() {
             return self.server.node_id.clone();
@@ -531,7 +533,8 @@ impl Settings {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "scenecast".into());
-        format!("{host}-{}", std::process::id())
+        let random = crate::redis::instance_token() & 0xff_ffff;
+        format!("{host}-{}-{random:06x}", std::process::id())
     }
 }
 

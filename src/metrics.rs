@@ -81,6 +81,8 @@ pub struct Metrics {
     rejected: Family<Labels, Counter>,
     pub redis_errors: Counter,
     pub redis_reconnects: Counter,
+    /// Pushes from Redis dropped because this node's fan-out fell behind.
+    pub bus_dropped: Counter,
     /// Seconds from a push's publish to its arrival on a node's bus subscriber.
     pub bus_latency: Histogram,
 }
@@ -188,6 +190,12 @@ impl Metrics {
             "Connections (re)established to Redis",
             redis_reconnects.clone(),
         );
+        let bus_dropped = Counter::default();
+        registry.register(
+            "scenecast_bus_dropped",
+            "Pushes from Redis dropped because this node's fan-out fell behind",
+            bus_dropped.clone(),
+        );
         let bus_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
             "scenecast_bus_latency_seconds",
@@ -207,6 +215,7 @@ impl Metrics {
             rejected,
             redis_errors,
             redis_reconnects,
+            bus_dropped,
             bus_latency,
         })
     }

@@ -54,6 +54,68 @@ pub enum StartError {
     },
     #[error("{0}")]
     Setup(String),
+    /// Another live node holds `server.node_id`.
+    #[error("{0}")]
+    NodeIdInUse(#[from] crate::registry::StartRefused),
+}
+
+impl StartError {
+    /// The process exit status for this error: 2 for a configuration that cannot
+    /// run (a node id held by a live node), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::NodeIdInUse(_) => 2,
+            StartError::Bind { .. } | StartError::Setup(_) => 1,
+        }
+    }
+}
+
+/// A task this node cannot work without (bus links and delivery, registry worker,
+/// heartbeat, fan-out ordering), by name.
+type CriticalTask = (&'static str, tokio::task::JoinHandle<()>);
+
+/// Watches the critical tasks: none of them ends while the server runs, so one
+/// that ends (a panic, or a return) is reported on `ended` and the process stops
+/// with a non-zero status (crash-only: a supervisor such as systemd or Kubernetes
+/// starts a fresh one) rather than staying up, silent and `ok`.
+struct Critical {
+    aborts: Vec<tokio::task::AbortHandle>,
+    ended: tokio::sync::mpsc::UnboundedReceiver<(&'static str, String)>,
+}
+
+impl Critical {
+    fn watch(tasks: Vec<CriticalTask>) -> Self {
+        let (report, ended) = tokio::sync::mpsc::unbounded_channel();
+        let mut aborts = Vec::new();
+        for (name, task) in tasks {
+            aborts.push(task.abort_handle());
+            let report = report.clone();
+            tokio::spawn(async move {
+                let how = match task.await {
+                    Ok(()) => "returned".to_string(),
+                    Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e)),
+                    Err(_) => return, // aborted by `stop`
+                };
+                let _ = report.send((name, how));
+            });
+        }
+        Self { aborts, ended }
+    }
+
+    fn abort_all(&self) {
+        for task in &self.aborts {
+            task.abort();
+        }
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A started server. Dropping it does not stop it; call [`Running::stop`].
@@ -68,7 +130,7 @@ pub struct Running {
     state: web::Data<AppState>,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    critical: Critical,
     /// The text and UDP ports; stopped first on [`Running::stop`].
     ingress_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -136,17 +198,46 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Metrics::with_pages(hub.clone(), crate::metrics::labelled_pages(&settings));
     let scenes = SceneTable::compile(&settings.scene_configs())
         .map_err(|e| StartError::Setup(e.to_string()))?;
-    let registry = Registry::start(&settings.redis, &node_id, hub.clone(), metrics.clone())
-        .map_err(StartError::Setup)?;
-    let mut background = Vec::new();
-    let fanout = Fanout::start(hub.clone(), metrics.clone());
-    let bus = if settings.redis.url.is_empty() {
-        Bus::embedded(fanout)
-    } else {
-        let (bus, link) = RedisBus::start(&settings.redis, &node_id, fanout, metrics.clone())
+    let origin = crate::redis::instance_token();
+    // One command link per node, shared by the registry and the bus's publishes.
+    let commands = match settings.redis.url.as_str() {
+        "" => None,
+        url => Some(crate::redis::Link::open("commands", url, None).map_err(StartError::Setup)?),
+    };
+    let (registry, mut critical) = Registry::start(
+        &settings.redis,
+        commands.clone(),
+        &node_id,
+        origin,
+        hub.clone(),
+        metrics.clone(),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::registry::StartError::Setup(e) => StartError::Setup(e),
+        crate::registry::StartError::Refused(e) => StartError::NodeIdInUse(e),
+    })?;
+    let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
+    critical.push(("fan-out ordering", ordering));
+    let bus = match commands {
+        None => Bus::embedded(fanout),
+        Some(commands) => {
+            critical.push((
+                "commands link prober",
+                tokio::spawn(commands.clone().probe_forever()),
+            ));
+            let (bus, tasks) = RedisBus::start(
+                &settings.redis,
+                commands,
+                &node_id,
+                origin,
+                fanout,
+                metrics.clone(),
+            )
             .map_err(StartError::Setup)?;
-        background.push(link);
-        Bus::Redis(bus)
+            critical.extend(tasks);
+            Bus::Redis(bus)
+        }
     };
     let state = web::Data::new(AppState {
         settings: settings.clone(),
@@ -166,11 +257,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ),
     });
 
-    background.push(tokio::spawn(gateway::heartbeat::run(
-        state.hub.clone(),
-        settings.clone(),
-        state.metrics.clone(),
-    )));
+    critical.push((
+        "heartbeat",
+        tokio::spawn(gateway::heartbeat::run(
+            state.hub.clone(),
+            settings.clone(),
+            state.metrics.clone(),
+        )),
+    ));
 
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
@@ -264,7 +358,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         state,
         handle,
         server,
-        background,
+        critical: Critical::watch(critical),
         ingress_tasks,
     })
 }
@@ -355,22 +449,37 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         state.registry.shutdown().await;
-        for task in &self.background {
-            task.abort();
-        }
+        self.critical.abort_all();
         self.handle.stop(true).await;
         let _ = self.server.await;
         log::info!("stopped");
     }
 
-    /// Runs until SIGINT or SIGTERM, then stops gracefully.
-    pub async fn serve_until_signal(self) -> std::io::Result<()> {
+    /// Runs until SIGINT or SIGTERM, then stops gracefully. Returns an error at
+    /// once, without the graceful stop, when a critical task ended: the process
+    /// then exits non-zero.
+    pub async fn serve_until_signal(mut self) -> std::io::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => log::info!("SIGINT received"),
             _ = term.recv() => log::info!("SIGTERM received"),
+            Some((name, how)) = self.critical.ended.recv() => {
+                log::error!("critical task {name} {how}; stopping this node (crash-only)");
+                self.critical.abort_all();
+                return Err(std::io::Error::other(format!("critical task {name} {how}")));
+            }
         }
-        self.stop().await;
-        Ok(())
+        // A second signal during the graceful stop ends the process at once.
+        tokio::select! {
+            () = self.stop() => Ok(()),
+            _ = tokio::signal::ctrl_c() => Err(std::io::Error::other("second signal during the graceful stop")),
+            _ = term.recv() => Err(std::io::Error::other("second signal during the graceful stop")),
+        }
+    }
+
+    /// Waits until a critical task ends, and says which and how (tests; the
+    /// binary uses [`Running::serve_until_signal`]).
+    pub async fn critical_ended(&mut self) -> Option<(&'static str, String)> {
+        self.critical.ended.recv().await
     }
 }

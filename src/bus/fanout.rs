@@ -60,14 +60,14 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Spawns the ordering task on the current runtime; it ends when every handle is
-    /// dropped.
-    pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
+    /// Spawns the ordering task on the current runtime and returns its handle (a
+    /// critical task, to supervise); it ends when every handle is dropped.
+    pub fn start(hub: Hub, metrics: Arc<Metrics>) -> (Self, tokio::task::JoinHandle<()>) {
         static IDS: AtomicUsize = AtomicUsize::new(0);
         let (queue, mut pushes) = mpsc::channel::<Push>(QUEUE);
         let workers = Workers::default();
         let targets = workers.clone();
-        tokio::spawn(async move {
+        let ordering = tokio::spawn(async move {
             while let Some(push) = pushes.recv().await {
                 let job = Arc::new(Job {
                     frame: frame::text(&push.payload),
@@ -80,13 +80,14 @@ impl Fanout {
                 }
             }
         });
-        Self {
+        let fanout = Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             queue,
             workers,
             hub,
             metrics,
-        }
+        };
+        (fanout, ordering)
     }
 
     /// Queues `push` for delivery on this node; `false` when the fan-out is gone

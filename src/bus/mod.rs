@@ -12,6 +12,7 @@ pub use self::fanout::Fanout;
 pub use self::redis::RedisBus;
 
 use crate::push::Push;
+use crate::redis::LinkDown;
 
 /// What a publish reports back to the ingress that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,14 @@ impl Bus {
                 cluster_wide: true,
             },
             Bus::Redis(bus) => bus.publish(push).await,
+        }
+    }
+
+    /// Why cross-node delivery is not whole now (`None` when it is, or embedded).
+    pub fn down(&self) -> Option<LinkDown> {
+        match self {
+            Bus::Embedded(_) => None,
+            Bus::Redis(bus) => bus.down(),
         }
     }
 

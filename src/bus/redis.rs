@@ -1,42 +1,82 @@
 //! Cross-node delivery over Redis pub/sub.
 //!
-//! Every node subscribes to `{prefix}:push` once; a publish is one `MULTI` with the
-//! cluster-wide count of matching connections and the `PUBLISH`, so the number the
-//! caller gets back is the number of open connections, on all nodes, that matched the
-//! target when the push was published. Each node — the publisher included — delivers
-//! what its one subscription receives, so no node delivers a push twice.
+//! Every node subscribes to `{prefix}:push` once, on its subscription [`Link`]; a
+//! publish goes out on the node's command link (shared with the registry) as one
+//! `MULTI` with the cluster-wide count of matching connections, the number of
+//! registered nodes and the `PUBLISH`, so the number the caller gets back is the
+//! number of open connections, on all nodes, that matched the target when the push
+//! was published, and `cluster_wide` says whether every registered node was
+//! listening. Each node — the publisher included — delivers what its subscription
+//! receives, so no node delivers a push twice.
 //!
-//! When Redis is unreachable the node keeps serving its own clients: a publish falls
-//! back to this node's hub and says so (`cluster_wide: false`). A link task reconnects
-//! with backoff and resubscribes; the redis-rs pub/sub connection never reconnects by
-//! itself (see STACK-NOTES), so the loop here is the reconnect logic.
+//! When the link is down the node keeps serving its own clients: a publish goes to
+//! this node's hub and says so (`cluster_wide: false`). When a publish fails on the
+//! way (a timeout while Redis is stalled), the push is delivered here at once and
+//! its sequence number is remembered; if Redis runs the publish later, the echo that
+//! comes back is skipped, so this node's clients get it once.
+//!
+//! Hand-off: redis-rs hands each message to a non-blocking callback; it goes into a
+//! bounded queue ([`HANDOFF`]) read by one delivery task. A full queue drops the
+//! message, counts it (`scenecast_bus_dropped_total`) and `/healthz` says so for
+//! [`DROP_REPORT`]: memory stays bounded when the fan-out falls behind.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytestring::ByteString;
-use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
 
 use super::{Fanout, Published};
 use crate::config::RedisSettings;
 use crate::metrics::Metrics;
 use crate::push::{Name, Push, Target};
-use crate::registry::RedisKeys;
+use crate::redis::link::Subscription;
+use crate::redis::{Link, LinkDown, LogEvery, RedisKeys, unix_micros};
 
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Messages from Redis waiting for this node's fan-out; past this they are dropped
+/// and counted.
+pub const HANDOFF: usize = 4096;
+/// How long `/healthz` reports dropped messages after the last drop.
+const DROP_REPORT: Duration = Duration::from_secs(30);
+/// Sequence numbers of pushes delivered here after a failed publish, kept until
+/// their echo comes back (or until this many newer ones push them out).
+const ECHOES: usize = 1024;
+
+static PUBLISH_FAILED: LogEvery = LogEvery::new(Duration::from_secs(5));
+static NOT_ALL_LISTENING: LogEvery = LogEvery::new(Duration::from_secs(10));
+static DROPPED: LogEvery = LogEvery::new(Duration::from_secs(5));
+static MALFORMED: LogEvery = LogEvery::new(Duration::from_secs(5));
 
 struct Shared {
     keys: RedisKeys,
     channel: String,
+    /// This process's envelope origin (see [`crate::redis::instance_token`]).
+    origin: u64,
+    seq: AtomicU64,
+    /// The subscription; its prober publishes on the node's probe channel.
+    link: Link,
+    /// Where pushes are published (a subscribed RESP3 socket would get its own
+    /// messages inside the `MULTI` reply).
+    commands: Link,
     fanout: Fanout,
     metrics: Arc<Metrics>,
-    /// Connection for PUBLISH; `None` while the link is down.
-    publisher: Mutex<Option<MultiplexedConnection>>,
-    /// True while this node's subscription is live.
-    subscribed: AtomicBool,
+    /// Pushes delivered here after a failed publish: their echo is skipped.
+    echoes: Mutex<VecDeque<u64>>,
+    dropped: Arc<Dropped>,
 }
+
+/// Messages the hand-off dropped, and when the last one was.
+#[derive(Default)]
+struct Dropped {
+    total: AtomicU64,
+    last_micros: AtomicU64,
+}
+
+/// A task the node cannot work without, by name (see `server`'s supervisor).
+pub type CriticalTask = (&'static str, tokio::task::JoinHandle<()>);
 
 /// Handle to the Redis bus.
 #[derive(Clone)]
@@ -44,28 +84,62 @@ pub struct RedisBus {
     shared: Arc<Shared>,
 }
 
+/// A bus envelope, decoded.
+#[derive(Debug)]
+struct Envelope {
+    push: Push,
+    origin: u64,
+    seq: u64,
+    sent_micros: u64,
+}
+
 impl RedisBus {
-    /// Starts the link task (connect, subscribe, deliver, reconnect) and returns at
-    /// once; until the first subscription, publishes are delivered locally.
+    /// Opens the subscription link and returns the bus with its two critical tasks
+    /// (the link's prober and the delivery task); until the first subscription,
+    /// publishes are delivered locally. Publishes go through `commands`.
     pub fn start(
         settings: &RedisSettings,
+        commands: Link,
         node: &str,
+        origin: u64,
         fanout: Fanout,
         metrics: Arc<Metrics>,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>), String> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+    ) -> Result<(Self, Vec<CriticalTask>), String> {
         let keys = RedisKeys::new(&settings.prefix, node);
+        let dropped = Arc::new(Dropped::default());
+        let (handler, received) = handoff(HANDOFF, dropped.clone(), metrics.clone());
+        let link = Link::open(
+            "subscription",
+            &settings.url,
+            Some(Subscription {
+                probe: keys.probe_channel(),
+                channels: vec![keys.push_channel()],
+                handler,
+            }),
+        )?;
         let shared = Arc::new(Shared {
             channel: keys.push_channel(),
             keys,
+            origin,
+            seq: AtomicU64::new(0),
+            link: link.clone(),
+            commands,
             fanout,
             metrics,
-            publisher: Mutex::new(None),
-            subscribed: AtomicBool::new(false),
+            echoes: Mutex::new(VecDeque::new()),
+            dropped,
         });
-        let link = tokio::spawn(link(shared.clone(), client));
-        Ok((Self { shared }, link))
+        let tasks = vec![
+            (
+                "subscription link prober",
+                tokio::spawn(link.probe_forever()),
+            ),
+            (
+                "bus delivery",
+                tokio::spawn(deliver(shared.clone(), received)),
+            ),
+        ];
+        Ok((Self { shared }, tasks))
     }
 
     /// This node's fan-out, which delivers what the subscription receives.
@@ -75,30 +149,65 @@ impl RedisBus {
 
     /// Whether pushes currently travel through Redis.
     pub fn is_up(&self) -> bool {
-        self.shared.subscribed.load(Ordering::Relaxed)
+        self.shared.link.is_up() && self.shared.commands.is_up()
+    }
+
+    /// Why the bus is not whole, when it is not: the link is down, or messages
+    /// were dropped lately. Read from memory, without asking Redis.
+    pub fn down(&self) -> Option<LinkDown> {
+        if let Some(down) = self.shared.link.down() {
+            return Some(down);
+        }
+        if let Some(down) = self.shared.commands.down() {
+            return Some(down);
+        }
+        let dropped = &self.shared.dropped;
+        let last = dropped.last_micros.load(Ordering::Relaxed);
+        let window = u64::try_from(DROP_REPORT.as_micros()).unwrap_or(u64::MAX);
+        (last > 0 && unix_micros().saturating_sub(last) < window).then(|| LinkDown {
+            link: "subscription",
+            since: last / 1_000_000,
+            reason: format!(
+                "{} pushes from redis dropped since start: this node's fan-out fell behind",
+                dropped.total.load(Ordering::Relaxed)
+            ),
+        })
     }
 
     pub async fn publish(&self, push: Push) -> Published {
         let shared = &self.shared;
-        let connection = shared.publisher.lock().ok().and_then(|c| c.clone());
-        if let (true, Some(mut conn)) = (self.is_up(), connection) {
-            let envelope = encode(&push, unix_micros());
-            let result: redis::RedisResult<(usize, usize)> = redis::pipe()
-                .atomic()
+        if self.is_up() {
+            let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+            let envelope = encode(&push, shared.origin, seq, unix_micros());
+            let mut pipe = redis::pipe();
+            pipe.atomic()
                 .add_command(shared.keys.count(&push.target))
-                .publish(&shared.channel, envelope)
-                .query_async(&mut conn)
-                .await;
-            match result {
-                Ok((matched, _subscribers)) => {
+                .scard(shared.keys.nodes())
+                .publish(&shared.channel, envelope);
+            match shared.commands.query::<(usize, usize, usize)>(&pipe).await {
+                Ok((matched, nodes, listening)) => {
+                    let everyone = listening >= nodes;
+                    if !everyone && let Some(suppressed) = NOT_ALL_LISTENING.admit() {
+                        log::warn!(
+                            "a push reached {listening} of {nodes} registered nodes: \
+                             a node is not subscribed ({suppressed} similar since the last warning)"
+                        );
+                    }
                     return Published {
                         delivered: matched,
-                        cluster_wide: true,
+                        cluster_wide: everyone,
                     };
                 }
                 Err(e) => {
                     shared.metrics.redis_errors.inc();
-                    log::warn!("redis publish failed, delivering on this node only: {e}");
+                    // Redis may still run it: deliver here now, skip the echo later.
+                    shared.expect_echo(seq);
+                    if let Some(suppressed) = PUBLISH_FAILED.admit() {
+                        log::warn!(
+                            "redis publish failed, delivered on this node only: {e} \
+                             ({suppressed} more since the last warning)"
+                        );
+                    }
                 }
             }
         }
@@ -109,120 +218,135 @@ impl RedisBus {
     }
 }
 
-/// Connects, subscribes and delivers until the connection drops; then again, with
-/// backoff, for as long as the server runs.
-async fn link(shared: Arc<Shared>, client: redis::Client) {
-    let mut backoff = Duration::from_millis(100);
-    let mut reported_down = false;
-    loop {
-        match subscribe(&shared, &client).await {
-            Ok(mut messages) => {
-                backoff = Duration::from_millis(100);
-                reported_down = false;
-                shared.metrics.redis_reconnects.inc();
-                log::info!("bus subscribed to {}", shared.channel);
-                while let Some(message) = messages.next().await {
-                    on_message(&shared, message.get_payload_bytes()).await;
-                }
-                shared.subscribed.store(false, Ordering::Relaxed);
-                if let Ok(mut publisher) = shared.publisher.lock() {
-                    *publisher = None;
-                }
-                shared.metrics.redis_errors.inc();
+/// The bounded hand-off from redis-rs's reader (which must not wait) to the
+/// delivery task: a message that finds the queue full is dropped and counted.
+fn handoff(
+    capacity: usize,
+    dropped: Arc<Dropped>,
+    metrics: Arc<Metrics>,
+) -> (crate::redis::link::PushHandler, mpsc::Receiver<PushInfo>) {
+    let (queue, received) = mpsc::channel::<PushInfo>(capacity);
+    let handler = move |info: PushInfo| {
+        if info.kind == PushKind::Message && queue.try_send(info).is_err() {
+            dropped.total.fetch_add(1, Ordering::Relaxed);
+            dropped.last_micros.store(unix_micros(), Ordering::Relaxed);
+            metrics.bus_dropped.inc();
+            if let Some(suppressed) = DROPPED.admit() {
                 log::warn!(
-                    "bus lost its redis subscription; pushes stay on this node until it is back"
+                    "bus dropped a push from redis: this node's fan-out is behind \
+                     ({suppressed} more dropped since the last warning)"
                 );
             }
-            Err(e) => {
-                shared.metrics.redis_errors.inc();
-                if !reported_down {
-                    log::warn!("bus cannot reach redis: {e}");
-                    reported_down = true;
+        }
+    };
+    (Arc::new(handler), received)
+}
+
+impl Shared {
+    fn expect_echo(&self, seq: u64) {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
+        if echoes.len() >= ECHOES {
+            echoes.pop_front();
+        }
+        echoes.push_back(seq);
+    }
+
+    /// True (and forgotten) when `seq` of this process was delivered here already.
+    fn is_echo(&self, seq: u64) -> bool {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
+        match echoes.iter().position(|s| *s == seq) {
+            Some(at) => {
+                echoes.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The delivery task: takes messages off the hand-off in order and gives each to
+/// this node's fan-out. A critical task.
+async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
+    while let Some(info) = received.recv().await {
+        // A `message` push is [channel, payload]; anything else is not ours.
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (info.data.first(), info.data.get(1))
+        else {
+            continue;
+        };
+        if channel.as_slice() != shared.channel.as_bytes() {
+            continue; // the probe channel
+        }
+        match decode(payload) {
+            Some(envelope) => {
+                if envelope.origin == shared.origin && shared.is_echo(envelope.seq) {
+                    continue;
+                }
+                let elapsed = unix_micros().saturating_sub(envelope.sent_micros);
+                shared.metrics.bus_latency.observe(elapsed as f64 / 1e6);
+                shared.fanout.push(envelope.push).await;
+            }
+            None => {
+                shared.metrics.rejected("bus_message");
+                if let Some(suppressed) = MALFORMED.admit() {
+                    log::warn!(
+                        "ignored a malformed message on {} ({suppressed} more since the last warning)",
+                        shared.channel
+                    );
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-async fn subscribe(
-    shared: &Shared,
-    client: &redis::Client,
-) -> redis::RedisResult<redis::aio::PubSubStream> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)));
-    let publisher = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(&shared.channel).await?;
-    if let Ok(mut slot) = shared.publisher.lock() {
-        *slot = Some(publisher);
-    }
-    shared.subscribed.store(true, Ordering::Relaxed);
-    Ok(pubsub.into_on_message())
-}
-
-async fn on_message(shared: &Shared, bytes: &[u8]) {
-    match decode(bytes) {
-        Some((push, sent_micros)) => {
-            let elapsed = unix_micros().saturating_sub(sent_micros);
-            shared.metrics.bus_latency.observe(elapsed as f64 / 1e6);
-            shared.fanout.push(push).await;
-        }
-        None => {
-            shared.metrics.rejected("bus_message");
-            log::warn!("ignored a malformed message on {}", shared.channel);
-        }
-    }
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Wire format on the channel: `{kind}{sent_micros}:{key_len}:{key}{payload}` with
-/// kind `a` (all), `p` (page) or `u` (uid). Length-prefixed so that page and uid
-/// names may contain any character, and the payload is carried without re-escaping.
-fn encode(push: &Push, sent_micros: u64) -> String {
+/// Wire format on the channel:
+/// `{kind}{sent_micros}:{origin:x}:{seq}:{key_len}:{key}{payload}` with kind `a`
+/// (all), `p` (page) or `u` (uid); `origin` tells this process's envelopes from
+/// others', `seq` numbers them. Length-prefixed so that page and uid names may
+/// contain any character, and the payload is carried without re-escaping.
+fn encode(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> String {
     let (kind, key) = match &push.target {
         Target::All => ('a', ""),
         Target::Page(page) => ('p', &**page),
         Target::Uid(uid) => ('u', &**uid),
     };
-    let mut out = String::with_capacity(push.payload.len() + key.len() + 32);
+    let mut out = String::with_capacity(push.payload.len() + key.len() + 64);
     out.push(kind);
-    out.push_str(&format!("{sent_micros}:{}:", key.len()));
+    out.push_str(&format!("{sent_micros}:{origin:x}:{seq}:{}:", key.len()));
     out.push_str(key);
     out.push_str(&push.payload);
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<(Push, u64)> {
+/// Parses an envelope; `None` for anything else (bytes on the channel come from
+/// whoever can reach Redis, so nothing here may panic).
+fn decode(bytes: &[u8]) -> Option<Envelope> {
     let text = std::str::from_utf8(bytes).ok()?;
     let (kind, rest) = text.split_at_checked(1)?;
     let (sent, rest) = rest.split_once(':')?;
+    let (origin, rest) = rest.split_once(':')?;
+    let (seq, rest) = rest.split_once(':')?;
     let (key_len, rest) = rest.split_once(':')?;
     let key_len: usize = key_len.parse().ok()?;
-    let key = rest.get(..key_len)?;
-    let payload = rest.get(key_len..)?;
+    let (key, payload) = rest.split_at_checked(key_len)?;
     let target = match kind {
         "a" if key.is_empty() => Target::All,
         "p" => Target::Page(Name::try_from(key).ok()?),
         "u" => Target::Uid(Name::try_from(key).ok()?),
         _ => return None,
     };
-    let push = Push::new(target, ByteString::from(payload.to_owned()));
-    Some((push, sent.parse().ok()?))
+    Some(Envelope {
+        push: Push::new(target, ByteString::from(payload.to_owned())),
+        origin: u64::from_str_radix(origin, 16).ok()?,
+        seq: seq.parse().ok()?,
+        sent_micros: sent.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn envelopes_round_trip_any_target_name() {
@@ -232,10 +356,10 @@ mod tests {
             Target::Uid(Name::try_from("名前:with:colons").unwrap()),
         ] {
             let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#);
-            let (back, sent) = decode(encode(&push, 42).as_bytes()).unwrap();
-            assert_eq!(back.target, target);
-            assert_eq!(back.payload, push.payload);
-            assert_eq!(sent, 42);
+            let back = decode(encode(&push, 0xabc, 7, 42).as_bytes()).unwrap();
+            assert_eq!(back.push.target, target);
+            assert_eq!(back.push.payload, push.payload);
+            assert_eq!((back.origin, back.seq, back.sent_micros), (0xabc, 7, 42));
         }
     }
 
@@ -243,13 +367,77 @@ mod tests {
     fn malformed_envelopes_are_refused() {
         for bad in [
             "",
-            "x1:0:{}",
-            "p1:9:home{}",
-            "a1:x:{}",
-            "p1:0:{}",
-            "a1:2:ab{}",
+            "é",
+            "é1:0:0:0:{}",
+            "pé:0:0:1:é{}",
+            "p1:0:0:1:é",
+            "x1:0:0:0:{}",
+            "p1:0:0:9:home{}",
+            "a1:x:0:0:{}",
+            "a1:0:x:0:{}",
+            "p1:0:0:0:{}",
+            "a1:0:0:2:ab{}",
         ] {
             assert!(decode(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
+    /// Case 8 of issue 13: what Redis sends faster than the fan-out takes it is
+    /// dropped and counted, not buffered without bound.
+    #[test]
+    fn the_hand_off_is_bounded_and_counts_drops() {
+        let metrics = Metrics::new(crate::hub::Hub::new(1024));
+        let dropped = Arc::new(Dropped::default());
+        let (handler, mut received) = handoff(2, dropped.clone(), metrics.clone());
+        let message = || PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(b"p:push".to_vec()),
+                Value::BulkString(b"a1:0:0:0:{}".to_vec()),
+            ],
+        };
+        for _ in 0..5 {
+            handler(message());
+        }
+        assert_eq!(dropped.total.load(Ordering::Relaxed), 3);
+        assert!(metrics.render().contains("scenecast_bus_dropped_total 3"));
+        assert!(received.try_recv().is_ok());
+        assert!(received.try_recv().is_ok());
+        assert!(received.try_recv().is_err());
+    }
+
+    fn target() -> impl Strategy<Value = Target> {
+        prop_oneof![
+            Just(Target::All),
+            ".{1,40}".prop_filter_map("a name", |p| Name::try_from(p).ok().map(Target::Page)),
+            ".{1,40}".prop_filter_map("a name", |u| Name::try_from(u).ok().map(Target::Uid)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_any_text(text in "[apu]?[0-9:éa-z{}]{0,40}") {
+            let _ = decode(text.as_bytes());
+        }
+
+        #[test]
+        fn every_envelope_round_trips(
+            target in target(),
+            payload in ".{0,80}",
+            origin in any::<u64>(),
+            seq in any::<u64>(),
+            sent in any::<u64>(),
+        ) {
+            let push = Push::new(target, ByteString::from(payload));
+            let back = decode(encode(&push, origin, seq, sent).as_bytes()).unwrap();
+            prop_assert_eq!(&back.push.target, &push.target);
+            prop_assert_eq!(&back.push.payload, &push.payload);
+            prop_assert_eq!((back.origin, back.seq, back.sent_micros), (origin, seq, sent));
         }
     }
 }

@@ -6,7 +6,6 @@
 //! - redis: the hash `{prefix}:conns` plus per-page/uid/node sets, kept by a background
 //!   worker so that no connection ever waits on Redis (see [`redis`]).
 
-mod keys;
 mod redis;
 
 use std::sync::Arc;
@@ -18,8 +17,9 @@ use crate::hub::{ConnId, ConnMeta, Hub};
 use crate::metrics::Metrics;
 use crate::push::Target;
 
-pub use self::keys::RedisKeys;
-pub use self::redis::RedisRegistry;
+pub use self::redis::{RedisRegistry, StartError, StartRefused};
+
+use crate::redis::{Link, LinkDown};
 
 /// The JSON value stored per connection in `{prefix}:conns`.
 #[derive(Debug, Serialize)]
@@ -74,18 +74,24 @@ pub enum Registry {
 }
 
 impl Registry {
-    /// Embedded when `settings.url` is empty; otherwise starts the Redis worker
-    /// (which connects in the background: the server starts even if Redis is down).
-    pub fn start(
+    /// Embedded without a Redis `link`; otherwise claims `node` in Redis and
+    /// starts the Redis worker (the server starts even if Redis is down). Returns
+    /// the critical task to supervise with it. `origin` is this process's token
+    /// ([`crate::redis::instance_token`]).
+    pub async fn start(
         settings: &RedisSettings,
+        link: Option<Link>,
         node: &str,
+        origin: u64,
         hub: Hub,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        if settings.url.is_empty() {
-            return Ok(Registry::Embedded(hub));
-        }
-        RedisRegistry::start(settings, node, hub, metrics).map(Registry::Redis)
+    ) -> Result<(Self, Vec<(&'static str, tokio::task::JoinHandle<()>)>), StartError> {
+        let Some(link) = link else {
+            return Ok((Registry::Embedded(hub), Vec::new()));
+        };
+        let (registry, tasks) =
+            RedisRegistry::start(settings, link, node, origin, hub, metrics).await?;
+        Ok((Registry::Redis(registry), tasks))
     }
 
     pub fn mode(&self) -> &'static str {
@@ -100,6 +106,14 @@ impl Registry {
         match self {
             Registry::Embedded(_) => false,
             Registry::Redis(redis) => redis.is_up(),
+        }
+    }
+
+    /// Why the registry's Redis link is down (`None` when up, or embedded).
+    pub fn down(&self) -> Option<LinkDown> {
+        match self {
+            Registry::Embedded(_) => None,
+            Registry::Redis(redis) => redis.down(),
         }
     }
 

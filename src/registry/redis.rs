@@ -4,33 +4,40 @@
 //! |-------------------------------|--------|-------------------------------------------|
 //! | `{prefix}:conns`              | hash   | connection id → JSON [`ConnRecord`]       |
 //! | `{prefix}:page:{page}`        | set    | ids of connections on that page           |
+//! | `{prefix}:pages`              | set    | pages that had connections (for stats)    |
 //! | `{prefix}:uid:{uid}`          | set    | ids of connections bound to that uid      |
 //! | `{prefix}:node:{node}:conns`  | set    | ids owned by that node (crash clean-up)   |
-//! | `{prefix}:node:{node}:alive`  | string | liveness key, TTL `node_ttl_secs`         |
+//! | `{prefix}:node:{node}:alive`  | string | process token, TTL `node_ttl_secs`        |
 //! | `{prefix}:nodes`              | set    | nodes that registered                     |
 //!
 //! Connection ids are `{node}:{n}`, unique across nodes.
 //!
 //! One worker task owns all writes. Gateways hand it events through a bounded channel
-//! and never wait; when Redis is away the worker drops events and, once Redis is back,
-//! rewrites this node's whole state from the hub ("resync"). That one mechanism covers
-//! start-up, Redis restarts that lost data, and a node that was presumed dead by its
-//! peers while it was cut off. Memory stays bounded by the channel's capacity.
+//! and never wait; when an event is dropped or a write fails the worker rewrites this
+//! node's whole state from the hub ("resync"): it first throws away the events still
+//! queued (the snapshot it then takes already holds their outcome, and replaying
+//! them after it would bring back closed connections), purges, and writes the
+//! snapshot. That one mechanism covers start-up, Redis restarts that lost data, and
+//! a node that was purged by its peers while it was paused or cut off: each beat's
+//! `SET alive token GET` returns nil when the key was gone, and `SADD nodes` returns
+//! 1 when this node had been removed. Memory stays bounded by the channel's capacity.
+//!
+//! The liveness key holds this process's token: a beat that finds another token
+//! there means a second live process uses this node id (a fatal error), and a start
+//! that finds one refuses to run ([`StartRefused`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys::RedisKeys as Keys;
 use super::{ConnRecord, Count, PageCount, Stats, local_stats};
 use crate::config::RedisSettings;
 use crate::hub::{ConnId, ConnMeta, Hub};
 use crate::metrics::Metrics;
 use crate::push::Target;
+use crate::redis::{Link, LinkDown, LogEvery, RedisKeys as Keys};
 
 /// Events waiting for the worker; past this the worker resyncs instead.
 const EVENT_CAPACITY: usize = 65_536;
@@ -38,13 +45,24 @@ const EVENT_CAPACITY: usize = 65_536;
 const BATCH: usize = 512;
 /// Connections re-registered per pipeline during a resync.
 const RESYNC_CHUNK: usize = 1_000;
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause after a failed write before the worker tries again (the link reconnects
+/// by itself meanwhile).
+const RETRY: Duration = Duration::from_millis(500);
 
-/// Removes every entry a node owns, and its index memberships. Used for a crashed
-/// node (by the survivors), for a graceful stop, and before a resync.
+static WRITE_FAILED: LogEvery = LogEvery::new(Duration::from_secs(5));
+
+/// Removes every entry a node owns, its index memberships and its `nodes`
+/// membership, in one script so that nothing runs between the check and the
+/// removal. ARGV: prefix, node, and `1` to purge only when the node's liveness key
+/// is gone (a peer's crash clean-up; returns -1 when the node is alive) or `0`
+/// (this node's own resync or stop).
 const PURGE_NODE: &str = r#"
 local p = ARGV[1]
-local owned = p .. ':node:' .. ARGV[2] .. ':conns'
+local node = ARGV[2]
+if ARGV[3] == '1' and redis.call('EXISTS', p .. ':node:' .. node .. ':alive') == 1 then
+  return -1
+end
+local owned = p .. ':node:' .. node .. ':conns'
 local ids = redis.call('SMEMBERS', owned)
 for _, id in ipairs(ids) do
   local raw = redis.call('HGET', p .. ':conns', id)
@@ -58,8 +76,39 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('DEL', owned)
+if ARGV[3] == '1' then redis.call('SREM', p .. ':nodes', node) end
 return #ids
 "#;
+
+/// Counts the connections of every page in `{prefix}:pages` and removes the pages
+/// left empty, atomically (a page that gains a connection meanwhile is not lost).
+/// ARGV: prefix. Returns `{pages, counts}`.
+const PAGE_COUNTS: &str = r#"
+local p = ARGV[1]
+local pages, counts = {}, {}
+for _, page in ipairs(redis.call('SMEMBERS', p .. ':pages')) do
+  local n = redis.call('SCARD', p .. ':page:' .. page)
+  if n == 0 then
+    redis.call('SREM', p .. ':pages', page)
+  else
+    table.insert(pages, page)
+    table.insert(counts, n)
+  end
+end
+return {pages, counts}
+"#;
+
+/// Why a node may not start: another live process holds its node id.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "server.node_id {node:?} is in use by another live node (its liveness key \
+     {key} is held and renewed); give each node its own server.node_id, or leave it \
+     empty for a unique default"
+)]
+pub struct StartRefused {
+    pub node: String,
+    pub key: String,
+}
 
 enum Event {
     Opened(ConnId, ConnMeta),
@@ -69,12 +118,13 @@ enum Event {
 
 struct Shared {
     keys: Keys,
+    /// This process's token, the value of its liveness key.
+    token: String,
     events: mpsc::Sender<Event>,
-    /// Set when an event could not be queued: the worker must rewrite everything.
+    /// Set when an event could not be queued or written: the worker must rewrite
+    /// everything.
     resync: AtomicBool,
-    up: AtomicBool,
-    /// The worker's current connection, cloned by readers (presence, stats).
-    conn: Mutex<Option<MultiplexedConnection>>,
+    link: Link,
     hub: Hub,
     metrics: Arc<Metrics>,
 }
@@ -85,37 +135,69 @@ pub struct RedisRegistry {
     shared: Arc<Shared>,
 }
 
+/// A registry and the critical task that keeps it (its worker), named for the
+/// supervisor.
+pub type Started = (
+    RedisRegistry,
+    Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+);
+
 impl RedisRegistry {
-    pub fn start(
+    /// Claims `node` in Redis (waiting up to one TTL for a crashed predecessor's
+    /// liveness key to expire) and starts the worker. When Redis cannot be reached
+    /// the claim is left to the worker's first beat. Errors: `redis.url`, or
+    /// [`StartRefused`] as text when a live process holds the node id.
+    pub async fn start(
         settings: &RedisSettings,
+        link: Link,
         node: &str,
+        origin: u64,
         hub: Hub,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
-        let (events, rx) = mpsc::channel(EVENT_CAPACITY);
+    ) -> Result<Started, StartError> {
+        Self::start_with(settings, link, node, origin, hub, metrics, EVENT_CAPACITY).await
+    }
+
+    async fn start_with(
+        settings: &RedisSettings,
+        link: Link,
+        node: &str,
+        origin: u64,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+    ) -> Result<Started, StartError> {
+        let keys = Keys::new(&settings.prefix, node);
+        let token = format!("{origin:x}");
+        let ttl = Duration::from_secs(settings.node_ttl_secs);
+        claim(&link, &keys, &token, ttl).await?;
+        let (events, rx) = mpsc::channel(capacity);
         let shared = Arc::new(Shared {
-            keys: Keys::new(&settings.prefix, node),
+            keys,
+            token,
             events,
             resync: AtomicBool::new(true),
-            up: AtomicBool::new(false),
-            conn: Mutex::new(None),
+            link: link.clone(),
             hub,
             metrics,
         });
         let worker = Worker {
             shared: shared.clone(),
-            client,
-            ttl: Duration::from_secs(settings.node_ttl_secs),
+            ttl,
             rx,
+            beaten: false,
         };
-        tokio::spawn(worker.run());
-        Ok(Self { shared })
+        let tasks = vec![("registry worker", tokio::spawn(worker.run()))];
+        Ok((Self { shared }, tasks))
     }
 
     pub fn is_up(&self) -> bool {
-        self.shared.up.load(Ordering::Relaxed)
+        self.shared.link.is_up()
+    }
+
+    /// Why the registry's link is down, or `None` while it is up.
+    pub fn down(&self) -> Option<LinkDown> {
+        self.shared.link.down()
     }
 
     fn send(&self, event: Event) {
@@ -132,19 +214,14 @@ impl RedisRegistry {
         self.send(Event::Closed(id, meta.clone()));
     }
 
-    fn connection(&self) -> Option<MultiplexedConnection> {
-        self.shared.conn.lock().ok().and_then(|c| c.clone())
-    }
-
     pub async fn count(&self, target: &Target) -> Count {
-        let keys = &self.shared.keys;
-        let counted: Option<usize> = match self.connection() {
-            None => None,
-            Some(mut conn) => {
-                let result: redis::RedisResult<usize> =
-                    keys.count(target).query_async(&mut conn).await;
-                result.inspect_err(|e| self.failed("count", e)).ok()
-            }
+        let shared = &self.shared;
+        let counted = if shared.link.is_up() {
+            let result: redis::RedisResult<usize> =
+                shared.link.query(&shared.keys.count(target)).await;
+            result.inspect_err(|e| self.failed("count", e)).ok()
+        } else {
+            None
         };
         match counted {
             Some(connections) => Count {
@@ -152,13 +229,16 @@ impl RedisRegistry {
                 cluster_wide: true,
             },
             None => Count {
-                connections: self.shared.hub.count(target),
+                connections: shared.hub.count(target),
                 cluster_wide: false,
             },
         }
     }
 
     pub async fn stats(&self) -> Stats {
+        if !self.shared.link.is_up() {
+            return local_stats(&self.shared.hub, false);
+        }
         match self.cluster_stats().await {
             Ok(stats) => stats,
             Err(e) => {
@@ -168,38 +248,25 @@ impl RedisRegistry {
         }
     }
 
+    /// Cluster-wide stats in one round trip, from the `{prefix}:pages` index (no
+    /// keyspace scan).
     async fn cluster_stats(&self) -> redis::RedisResult<Stats> {
         let keys = &self.shared.keys;
-        let mut conn = self
-            .connection()
-            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "not connected")))?;
-        let pattern = format!("{}:page:*", keys.prefix);
-        let mut page_keys: Vec<String> = Vec::new();
-        {
-            let mut iter: redis::AsyncIter<'_, String> = conn.scan_match(&pattern).await?;
-            while let Some(key) = iter.next_item().await {
-                page_keys.push(key?);
-            }
-        }
-        page_keys.sort();
         let mut pipe = redis::pipe();
-        for key in &page_keys {
-            pipe.scard(key);
-        }
-        pipe.hlen(keys.conns()).scard(keys.nodes());
-        let mut counts: Vec<usize> = pipe.query_async(&mut conn).await?;
-        let nodes = counts.pop().unwrap_or(0);
-        let connections = counts.pop().unwrap_or(0);
-        let strip = keys.prefix.len() + ":page:".len();
-        let pages = page_keys
-            .iter()
+        pipe.cmd("EVAL")
+            .arg(PAGE_COUNTS)
+            .arg(0)
+            .arg(&keys.prefix)
+            .hlen(keys.conns())
+            .scard(keys.nodes());
+        let ((pages, counts), connections, nodes): ((Vec<String>, Vec<usize>), usize, usize) =
+            self.shared.link.query(&pipe).await?;
+        let mut pages: Vec<PageCount> = pages
+            .into_iter()
             .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .map(|(key, connections)| PageCount {
-                page: key.get(strip..).unwrap_or_default().to_string(),
-                connections,
-            })
+            .map(|(page, connections)| PageCount { page, connections })
             .collect();
+        pages.sort_by(|a, b| a.page.cmp(&b.page));
         Ok(Stats {
             pages,
             connections,
@@ -210,159 +277,239 @@ impl RedisRegistry {
 
     fn failed(&self, what: &str, error: &redis::RedisError) {
         self.shared.metrics.redis_errors.inc();
-        log::warn!("redis {what} failed: {error}");
+        if let Some(suppressed) = WRITE_FAILED.admit() {
+            log::warn!("redis {what} failed: {error} ({suppressed} more since the last warning)");
+        }
     }
 
-    /// Removes this node's entries and liveness; waits at most two seconds.
+    /// Removes this node's entries and liveness; waits at most two seconds in all.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
-        if self.shared.events.send(Event::Shutdown(done)).await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if self.shared.events.send(Event::Shutdown(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Why the registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Refused(#[from] StartRefused),
+}
+
+/// Takes `{prefix}:node:{node}:alive` for this process. A key held by another
+/// token is waited on for one TTL plus a beat (a crashed predecessor's key
+/// expires); a key still held then is renewed by a live node: refused.
+async fn claim(link: &Link, keys: &Keys, token: &str, ttl: Duration) -> Result<(), StartRefused> {
+    let alive = keys.alive(&keys.node);
+    let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
+    let mut reported = false;
+    loop {
+        let claimed: redis::RedisResult<Option<String>> = link
+            .query(
+                redis::cmd("SET")
+                    .arg(&alive)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl.as_secs())
+                    .arg("GET"),
+            )
+            .await;
+        match claimed {
+            Ok(None) => return Ok(()),
+            Ok(Some(held)) if held == token => return Ok(()),
+            Ok(Some(_)) if tokio::time::Instant::now() < deadline => {
+                if !reported {
+                    log::warn!(
+                        "server.node_id {:?}: {alive} is held by another process; waiting \
+                         up to {} s for it to expire",
+                        keys.node,
+                        ttl.as_secs() + 1
+                    );
+                    reported = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(Some(_)) => {
+                return Err(StartRefused {
+                    node: keys.node.clone(),
+                    key: alive,
+                });
+            }
+            Err(e) => {
+                // Unreachable now: the worker's first beat claims it (and stops the
+                // process if another one holds it).
+                log::warn!("redis not reachable at start ({e}); serving this node's clients");
+                return Ok(());
+            }
         }
     }
 }
 
 struct Worker {
     shared: Arc<Shared>,
-    client: redis::Client,
     ttl: Duration,
     rx: mpsc::Receiver<Event>,
+    /// Whether a beat has succeeded since the last resync.
+    beaten: bool,
+}
+
+/// How a beat went.
+enum Beat {
+    Fine,
+    /// This node's liveness key or `nodes` membership was gone: it was purged
+    /// (or Redis restarted empty).
+    Evicted,
+}
+
+/// Why the worker stops.
+enum Stop {
+    /// Every handle is gone, or a shutdown was asked and done.
+    Done,
+    /// Another live process holds this node id.
+    Duplicate(String),
 }
 
 impl Worker {
+    /// A critical task: returns only when the server stops. A second process
+    /// holding this node id is fatal (logged, then the task ends and the
+    /// supervisor stops the process).
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
-        let mut conn: Option<MultiplexedConnection> = None;
+        match self.work().await {
+            Stop::Done => {}
+            Stop::Duplicate(other) => log::error!(
+                "server.node_id {:?} is now held by another live process (token {other}): \
+                 two nodes with one id corrupt each other's registry entries; stopping",
+                self.shared.keys.node
+            ),
+        }
+    }
+
+    async fn work(&mut self) -> Stop {
         let mut beat = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(500)));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
 
         loop {
-            if conn.is_none() {
-                match self.connect().await {
-                    Ok(c) => {
-                        log::info!("redis connected; registering this node's connections");
-                        self.shared.metrics.redis_reconnects.inc();
-                        conn = Some(c);
-                        self.shared.resync.store(true, Ordering::Relaxed);
-                        backoff = Duration::from_millis(100);
-                    }
+            if self.shared.resync.swap(false, Ordering::Relaxed) {
+                if let Some(done) = self.discard_queued() {
+                    return self.shut_down(done).await;
+                }
+                match self.resync().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(stop)) => return stop,
                     Err(e) => {
-                        self.set_down(&e);
-                        // Drop what waits: the resync after reconnecting rewrites it all.
-                        if self.discard_events_for(backoff).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        self.shared.resync.store(true, Ordering::Relaxed);
+                        self.write_failed(&e);
+                        tokio::time::sleep(RETRY).await;
                         continue;
                     }
                 }
-            }
-            let Some(c) = conn.as_mut() else { continue };
-
-            if self.shared.resync.swap(false, Ordering::Relaxed) {
-                if let Err(e) = self.resync(c).await {
-                    self.shared.resync.store(true, Ordering::Relaxed);
-                    self.lost(&mut conn, &e);
-                    continue;
-                }
-                self.set_up(c);
             }
 
             let result = tokio::select! {
                 received = self.rx.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
-                        return; // every handle is gone: the server stopped
+                        return Stop::Done; // every handle is gone: the server stopped
                     }
-                    self.apply(c, &mut batch).await
+                    match self.apply(&mut batch).await {
+                        Ok(Some(done)) => return self.shut_down(done).await,
+                        Ok(None) => Ok(Beat::Fine),
+                        Err(e) => Err(e),
+                    }
                 }
-                _ = beat.tick() => self.heartbeat(c).await,
+                _ = beat.tick() => self.heartbeat().await,
             };
             match result {
-                Ok(Some(done)) => {
-                    log::info!("removed this node's entries from redis");
-                    let _ = done.send(());
-                    return;
-                }
-                Ok(None) => {}
-                Err(e) => {
+                Ok(Beat::Fine) => {}
+                Ok(Beat::Evicted) => {
+                    log::warn!(
+                        "this node's registry entries were gone (purged by its peers after a \
+                         pause, or redis restarted empty); registering its {} connections again",
+                        self.shared.hub.len()
+                    );
                     self.shared.resync.store(true, Ordering::Relaxed);
-                    self.lost(&mut conn, &e);
+                }
+                Err(BeatError::Duplicate(other)) => return Stop::Duplicate(other),
+                Err(BeatError::Redis(e)) => {
+                    self.shared.resync.store(true, Ordering::Relaxed);
+                    self.write_failed(&e);
+                    tokio::time::sleep(RETRY).await;
                 }
             }
         }
     }
 
-    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-
-    fn set_up(&self, conn: &MultiplexedConnection) {
-        if let Ok(mut shared) = self.shared.conn.lock() {
-            *shared = Some(conn.clone());
-        }
-        if !self.shared.up.swap(true, Ordering::Relaxed) {
-            log::info!(
-                "redis registry in sync ({} connections)",
-                self.shared.hub.len()
+    fn write_failed(&self, error: &redis::RedisError) {
+        self.shared.metrics.redis_errors.inc();
+        if let Some(suppressed) = WRITE_FAILED.admit() {
+            log::warn!(
+                "redis registry write failed, will resync: {error} ({suppressed} more since \
+                 the last warning)"
             );
         }
     }
 
-    fn set_down(&self, error: &redis::RedisError) {
-        self.shared.metrics.redis_errors.inc();
-        if let Ok(mut shared) = self.shared.conn.lock() {
-            *shared = None;
-        }
-        if self.shared.up.swap(false, Ordering::Relaxed) {
-            log::warn!("redis unreachable, serving this node's connections only: {error}");
-        } else {
-            log::debug!("redis still unreachable: {error}");
-        }
-    }
-
-    fn lost(&self, conn: &mut Option<MultiplexedConnection>, error: &redis::RedisError) {
-        *conn = None;
-        self.set_down(error);
-    }
-
-    /// Waits `period` while throwing events away; true when a shutdown was asked
-    /// (there is nothing to remove from a Redis we cannot reach).
-    async fn discard_events_for(&mut self, period: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + period;
-        loop {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    None => return true,
-                    Some(Event::Shutdown(done)) => { let _ = done.send(()); return true; }
-                    Some(_) => self.shared.resync.store(true, Ordering::Relaxed),
-                },
-                _ = tokio::time::sleep_until(deadline) => return false,
+    /// Throws away every queued event: the snapshot a resync takes next holds
+    /// their outcome. Returns a queued shutdown's reply channel.
+    fn discard_queued(&mut self) -> Option<oneshot::Sender<()>> {
+        let mut shutdown = None;
+        while let Ok(event) = self.rx.try_recv() {
+            if let Event::Shutdown(done) = event {
+                shutdown = Some(done);
             }
         }
+        shutdown
+    }
+
+    async fn shut_down(&self, done: oneshot::Sender<()>) -> Stop {
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        pipe.add_command(purge_cmd(keys, &keys.node, false))
+            .ignore()
+            // Drops the pages this node's closes left empty from `{prefix}:pages`.
+            .cmd("EVAL")
+            .arg(PAGE_COUNTS)
+            .arg(0)
+            .arg(&keys.prefix)
+            .ignore()
+            .del(keys.alive(&keys.node))
+            .ignore()
+            .srem(keys.nodes(), &keys.node)
+            .ignore();
+        match self.shared.link.query::<()>(&pipe).await {
+            Ok(()) => log::info!("removed this node's entries from redis"),
+            Err(e) => log::warn!("could not remove this node's entries from redis: {e}"),
+        }
+        let _ = done.send(());
+        Stop::Done
     }
 
     /// Writes a batch of events in one pipeline. Returns the shutdown reply channel
-    /// when the batch ended with a shutdown (after removing this node's entries).
+    /// when the batch held a shutdown (the caller then removes this node's entries).
     async fn apply(
         &self,
-        conn: &mut MultiplexedConnection,
         batch: &mut Vec<Event>,
-    ) -> redis::RedisResult<Option<oneshot::Sender<()>>> {
+    ) -> Result<Option<oneshot::Sender<()>>, BeatError> {
         let keys = &self.shared.keys;
         let mut pipe = redis::pipe();
         let mut shutdown = None;
         let mut commands = 0;
         for event in batch.drain(..) {
-            commands += 1;
             match event {
-                Event::Opened(id, meta) => add_conn(&mut pipe, keys, id, &meta),
+                Event::Opened(id, meta) => {
+                    commands += 1;
+                    add_conn(&mut pipe, keys, id, &meta);
+                }
                 Event::Closed(id, meta) => {
+                    commands += 1;
                     let cid = keys.conn_id(id);
                     pipe.hdel(keys.conns(), &cid).ignore();
                     pipe.srem(keys.owned(&keys.node), &cid).ignore();
@@ -373,77 +520,106 @@ impl Worker {
                         pipe.srem(keys.uid(uid), &cid).ignore();
                     }
                 }
-                Event::Shutdown(done) => {
-                    commands -= 1;
-                    shutdown = Some(done);
-                }
+                Event::Shutdown(done) => shutdown = Some(done),
             }
         }
         if commands > 0 {
-            pipe.query_async::<()>(conn).await?;
+            self.shared.link.query::<()>(&pipe).await?;
         }
-        if let Some(done) = shutdown {
-            purge(conn, keys, &keys.node).await?;
-            let _: () = redis::pipe()
-                .del(keys.alive(&keys.node))
-                .ignore()
-                .srem(keys.nodes(), &keys.node)
-                .ignore()
-                .query_async(conn)
-                .await?;
-            return Ok(Some(done));
-        }
-        Ok(None)
+        Ok(shutdown)
     }
 
     /// Rewrites this node's entries from the hub's live connections.
-    async fn resync(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        let keys = &self.shared.keys;
-        self.beat(conn).await?;
-        purge(conn, keys, &keys.node).await?;
+    async fn resync(&mut self) -> redis::RedisResult<Result<(), Stop>> {
+        let shared = self.shared.clone();
+        let keys = &shared.keys;
+        self.beaten = false;
+        match self.beat().await {
+            Ok(_) => {}
+            Err(BeatError::Duplicate(other)) => return Ok(Err(Stop::Duplicate(other))),
+            Err(BeatError::Redis(e)) => return Err(e),
+        }
+        self.shared
+            .link
+            .query::<i64>(&purge_cmd(keys, &keys.node, false))
+            .await?;
         let live = self.shared.hub.snapshot();
         for chunk in live.chunks(RESYNC_CHUNK) {
             let mut pipe = redis::pipe();
             for (id, meta) in chunk {
                 add_conn(&mut pipe, keys, *id, meta);
             }
-            pipe.query_async::<()>(conn).await?;
+            self.shared.link.query::<()>(&pipe).await?;
         }
-        log::debug!("resynced {} connections to redis", live.len());
-        Ok(())
+        self.shared.metrics.redis_reconnects.inc();
+        log::info!("registered this node's {} connections in redis", live.len());
+        Ok(Ok(()))
     }
 
-    async fn beat(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    /// Renews this node's liveness key and `nodes` membership, and tells whether
+    /// either was gone since the last beat.
+    async fn beat(&mut self) -> Result<Beat, BeatError> {
         let keys = &self.shared.keys;
-        redis::pipe()
-            .set_ex(keys.alive(&keys.node), 1, self.ttl.as_secs())
-            .ignore()
-            .sadd(keys.nodes(), &keys.node)
-            .ignore()
-            .query_async(conn)
-            .await
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(keys.alive(&keys.node))
+            .arg(&self.shared.token)
+            .arg("EX")
+            .arg(self.ttl.as_secs())
+            .arg("GET")
+            .sadd(keys.nodes(), &keys.node);
+        let (previous, added): (Option<String>, usize) = self.shared.link.query(&pipe).await?;
+        let first = !std::mem::replace(&mut self.beaten, true);
+        match previous {
+            Some(other) if other != self.shared.token => Err(BeatError::Duplicate(other)),
+            None if !first => Ok(Beat::Evicted),
+            _ if added == 1 && !first => Ok(Beat::Evicted),
+            _ => Ok(Beat::Fine),
+        }
     }
 
-    /// Refreshes this node's liveness and removes the entries of nodes whose
-    /// liveness key expired (they crashed or were cut off for longer than the TTL).
-    async fn heartbeat(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<Option<oneshot::Sender<()>>> {
-        let keys = &self.shared.keys;
-        self.beat(conn).await?;
-        let nodes: Vec<String> = conn.smembers(keys.nodes()).await?;
-        for node in nodes.iter().filter(|n| **n != keys.node) {
-            let alive: bool = conn.exists(keys.alive(node)).await?;
-            if !alive {
-                let removed = purge(conn, keys, node).await?;
-                let _: () = conn.srem(keys.nodes(), node).await?;
+    /// Renews this node's liveness and removes the entries of nodes whose liveness
+    /// key expired (they crashed or were cut off for longer than the TTL). The check
+    /// and the removal are one script: a node that beats in between keeps its entries.
+    async fn heartbeat(&mut self) -> Result<Beat, BeatError> {
+        let beat = self.beat().await?;
+        let shared = self.shared.clone();
+        let keys = &shared.keys;
+        let link = &shared.link;
+        let nodes: Vec<String> = link.query(redis::cmd("SMEMBERS").arg(keys.nodes())).await?;
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != keys.node).collect();
+        if others.is_empty() {
+            return Ok(beat);
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.exists(keys.alive(node));
+        }
+        let alive: Vec<bool> = link.query(&pipe).await?;
+        for (node, alive) in others.iter().zip(alive) {
+            if alive {
+                continue;
+            }
+            let removed: i64 = link.query(&purge_cmd(keys, node, true)).await?;
+            if removed >= 0 {
                 log::warn!(
                     "node {node} stopped renewing its liveness key; removed its {removed} connections"
                 );
             }
         }
-        Ok(None)
+        Ok(beat)
+    }
+}
+
+/// A beat's failure: Redis did not answer, or another process holds this node id.
+enum BeatError {
+    Redis(redis::RedisError),
+    Duplicate(String),
+}
+
+impl From<redis::RedisError> for BeatError {
+    fn from(error: redis::RedisError) -> Self {
+        BeatError::Redis(error)
     }
 }
 
@@ -455,20 +631,144 @@ fn add_conn(pipe: &mut redis::Pipeline, keys: &Keys, id: ConnId, meta: &ConnMeta
     pipe.sadd(keys.owned(&keys.node), &cid).ignore();
     if let Some(page) = &meta.page {
         pipe.sadd(keys.page(page), &cid).ignore();
+        pipe.sadd(keys.pages(), &**page).ignore();
     }
     if let Some(uid) = &meta.uid {
         pipe.sadd(keys.uid(uid), &cid).ignore();
     }
 }
 
-async fn purge(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    node: &str,
-) -> redis::RedisResult<usize> {
-    redis::Script::new(PURGE_NODE)
+/// [`PURGE_NODE`] for `node`; `only_if_dead` makes it a peer's crash clean-up.
+fn purge_cmd(keys: &Keys, node: &str, only_if_dead: bool) -> redis::Cmd {
+    redis::cmd("EVAL")
+        .arg(PURGE_NODE)
+        .arg(0)
         .arg(&keys.prefix)
         .arg(node)
-        .invoke_async(conn)
-        .await
+        .arg(if only_if_dead { "1" } else { "0" })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A private redis-server on a free port, killed on drop.
+    struct TestRedis {
+        child: std::process::Child,
+        url: String,
+    }
+
+    impl TestRedis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            let url = format!("redis://127.0.0.1:{port}/");
+            let redis = TestRedis { child, url };
+            for _ in 0..200 {
+                if redis.conn().is_ok() {
+                    return redis;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("redis-server did not start");
+        }
+
+        fn conn(&self) -> redis::RedisResult<redis::Connection> {
+            let mut conn = redis::Client::open(self.url.as_str())?.get_connection()?;
+            redis::cmd("PING").query::<()>(&mut conn)?;
+            Ok(conn)
+        }
+
+        fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+            cmd.query(&mut self.conn().unwrap()).unwrap()
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn meta(page: &str) -> ConnMeta {
+        ConnMeta {
+            page: Some(crate::push::Name::try_from(page).unwrap()),
+            uid: None,
+            session: None,
+            connected_at: 0,
+        }
+    }
+
+    /// Case 6 of issue 13: a connection whose close was dropped (queue full) while
+    /// its open was still queued must not come back after the resync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resync_does_not_replay_events_queued_before_it() {
+        let redis = TestRedis::start();
+        let settings = RedisSettings {
+            url: redis.url.clone(),
+            prefix: "ghost".into(),
+            node_ttl_secs: 10,
+        };
+        let hub = Hub::new(1 << 20);
+        let metrics = Metrics::new(hub.clone());
+        let link = Link::open("commands", &redis.url, None).unwrap();
+        let (registry, _tasks) =
+            RedisRegistry::start_with(&settings, link, "n", 1, hub.clone(), metrics, 1)
+                .await
+                .unwrap();
+        let registered = |id: ConnId| -> bool {
+            redis.query(
+                redis::cmd("HEXISTS")
+                    .arg("ghost:conns")
+                    .arg(format!("n:{id}")),
+            )
+        };
+        let (first, _) = hub.open(meta("home"), 0).unwrap();
+        registry.opened(first, &meta("home"));
+        for _ in 0..200 {
+            if registered(first) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(registered(first));
+
+        // Redis stalls; the worker takes one event and waits on it.
+        redis.query::<()>(redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("WRITE"));
+        let (busy, _) = hub.open(meta("home"), 0).unwrap();
+        registry.opened(busy, &meta("home"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // X opens (queued: the queue holds one) and closes (dropped: full).
+        let (ghost, _) = hub.open(meta("home"), 0).unwrap();
+        registry.opened(ghost, &meta("home"));
+        let closed = hub.close(ghost).unwrap();
+        registry.closed(ghost, &closed);
+
+        // Once Redis is back and the worker resynced, a later event is applied;
+        // the queued open of X must not have been replayed before it.
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        let (later, _) = hub.open(meta("home"), 0).unwrap();
+        for _ in 0..400 {
+            registry.opened(later, &meta("home"));
+            if registered(later) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(registered(later));
+        assert!(registered(busy));
+        assert!(!registered(ghost), "a closed connection came back");
+        let members: usize = redis.query(redis::cmd("SCARD").arg("ghost:page:home"));
+        assert_eq!(members, 3);
+    }
 }

@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use crate::common::text::{TextClient, udp_send};
 use crate::common::{API_TOKEN, CLIENT_TOKEN, Node, RedisServer, WsClient, eventually, free_port};
 
-fn client_url(node: &Node, query: &str) -> String {
+pub(crate) fn client_url(node: &Node, query: &str) -> String {
     node.ws_url(&format!("/?{query}&token={CLIENT_TOKEN}"))
 }
 
-async fn get(node: &Node, path: &str) -> Value {
+pub(crate) async fn get(node: &Node, path: &str) -> Value {
     reqwest::get(node.http_url(path))
         .await
         .expect("request")
@@ -23,7 +23,7 @@ async fn get(node: &Node, path: &str) -> Value {
         .expect("JSON")
 }
 
-async fn api_push(node: &Node, body: Value) -> Value {
+pub(crate) async fn api_push(node: &Node, body: Value) -> Value {
     reqwest::Client::new()
         .post(node.http_url("/api/push"))
         .bearer_auth(API_TOKEN)
@@ -36,7 +36,7 @@ async fn api_push(node: &Node, body: Value) -> Value {
         .expect("JSON")
 }
 
-fn hlen(redis: &RedisServer, prefix: &str) -> usize {
+pub(crate) fn hlen(redis: &RedisServer, prefix: &str) -> usize {
     redis::cmd("HLEN")
         .arg(format!("{prefix}:conns"))
         .query(&mut redis.conn())
@@ -44,7 +44,7 @@ fn hlen(redis: &RedisServer, prefix: &str) -> usize {
 }
 
 /// Waits until Redis lists `expected` connections (the registry writes in the background).
-async fn wait_registered(redis: &RedisServer, prefix: &str, expected: usize) {
+pub(crate) async fn wait_registered(redis: &RedisServer, prefix: &str, expected: usize) {
     eventually(&format!("{expected} connections registered"), || async {
         (hlen(redis, prefix) == expected).then_some(())
     })

@@ -17,6 +17,7 @@ mod cluster;
 mod config;
 mod doors;
 mod edge;
+mod faults;
 mod first_hour;
 mod ingress;
 mod pages;

@@ -5,6 +5,7 @@
 
 pub mod chrome;
 pub mod node;
+pub mod proxy;
 pub mod redis;
 pub mod server;
 pub mod text;
@@ -12,6 +13,7 @@ pub mod ws;
 
 pub use self::chrome::Chrome;
 pub use self::node::Node;
+pub use self::proxy::Proxy;
 pub use self::redis::RedisServer;
 pub use self::server::{API_TOKEN, CLIENT_TOKEN, TestServer};
 pub use self::text::{TextClient, php_push, udp_send};

@@ -27,6 +27,11 @@ impl RedisKeys {
     pub fn page(&self, page: &Name) -> String {
         format!("{}:page:{page}", self.prefix)
     }
+    /// Set: pages that had connections (`/api/stats` reads it instead of scanning
+    /// the keyspace; emptied pages are removed as it reads).
+    pub fn pages(&self) -> String {
+        format!("{}:pages", self.prefix)
+    }
     /// Set: ids of connections bound to `uid` (a [`Name`]).
     pub fn uid(&self, uid: &Name) -> String {
         format!("{}:uid:{uid}", self.prefix)
@@ -46,6 +51,11 @@ impl RedisKeys {
     /// Pub/sub channel every node subscribes to.
     pub fn push_channel(&self) -> String {
         format!("{}:push", self.prefix)
+    }
+    /// Pub/sub channel only this node subscribes to: its bus link's health probe
+    /// publishes there, and the receiver count says whether the subscription lives.
+    pub fn probe_channel(&self) -> String {
+        format!("{}:node:{}:probe", self.prefix, self.node)
     }
     /// Cluster-unique id of a local connection.
     pub fn conn_id(&self, id: ConnId) -> String {
