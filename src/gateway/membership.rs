@@ -74,7 +74,7 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
     Arc::new(AppState {
         node_id: Arc::from("test"),
         registry: Registry::Embedded(hub.clone()),
-        bus: Bus::embedded(Fanout::start(hub.clone(), metrics.clone())),
+        bus: Bus::embedded(Fanout::start(hub.clone(), metrics.clone()).0),
         tokens: Tokens::new(&settings.auth),
         scenes: SceneTable::compile(&settings.scene_configs()).unwrap(),
         caps: ConnectionCaps::new(max_connections, per_ip),

@@ -733,7 +733,7 @@ mod tests {
                     .arg(format!("n:{id}")),
             )
         };
-        let (first, _) = hub.open(meta("home"), 0);
+        let (first, _) = hub.open(meta("home"), 0).unwrap();
         registry.opened(first, &meta("home"));
         for _ in 0..200 {
             if registered(first) {
@@ -745,11 +745,11 @@ mod tests {
 
         // Redis stalls; the worker takes one event and waits on it.
         redis.query::<()>(redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("WRITE"));
-        let (busy, _) = hub.open(meta("home"), 0);
+        let (busy, _) = hub.open(meta("home"), 0).unwrap();
         registry.opened(busy, &meta("home"));
         tokio::time::sleep(Duration::from_millis(200)).await;
         // X opens (queued: the queue holds one) and closes (dropped: full).
-        let (ghost, _) = hub.open(meta("home"), 0);
+        let (ghost, _) = hub.open(meta("home"), 0).unwrap();
         registry.opened(ghost, &meta("home"));
         let closed = hub.close(ghost).unwrap();
         registry.closed(ghost, &closed);
@@ -757,7 +757,7 @@ mod tests {
         // Once Redis is back and the worker resynced, a later event is applied;
         // the queued open of X must not have been replayed before it.
         tokio::time::sleep(Duration::from_millis(2_000)).await;
-        let (later, _) = hub.open(meta("home"), 0);
+        let (later, _) = hub.open(meta("home"), 0).unwrap();
         for _ in 0..400 {
             registry.opened(later, &meta("home"));
             if registered(later) {
