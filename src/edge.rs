@@ -40,11 +40,13 @@ impl Query {
     /// Decodes `raw`, the part of the URL after `?`. Never fails: every byte
     /// string is some query.
     pub fn parse(raw: &str) -> Self {
-        let mut values = HashMap::new();
-        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
-            values.insert(key.into_owned(), value.into_owned());
+        // serde_urlencoded decodes every byte string into pairs (lossily, as
+        // `form_urlencoded` underneath does), so the error arm is never taken; a
+        // map built from the pairs in order keeps each key's last value.
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).unwrap_or_default();
+        Self {
+            values: pairs.into_iter().collect(),
         }
-        Self { values }
     }
 
     /// The last value given for `key`.
@@ -108,11 +110,7 @@ mod tests {
             let _ = Query::parse(&raw);
             let encoded: String = pairs
                 .iter()
-                .map(|(k, v)| {
-                    form_urlencoded::Serializer::new(String::new())
-                        .append_pair(k, v)
-                        .finish()
-                })
+                .map(|(k, v)| serde_urlencoded::to_string([(k, v)]).unwrap())
                 .collect::<Vec<_>>()
                 .join("&");
             let q = Query::parse(&encoded);
