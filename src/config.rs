@@ -425,9 +425,17 @@ impl Settings {
         // Two pings fit in the idle window: a client that only answers pings is
         // never closed, even when one ping is late (a slow heartbeat walk).
         if self.heartbeat.idle_timeout_secs < self.heartbeat.interval_secs.saturating_mul(2) {
+            let (idle, interval) = (
+                self.heartbeat.idle_timeout_secs,
+                self.heartbeat.interval_secs,
+            );
             return Err(invalid(
                 "heartbeat.idle_timeout_secs",
-                "must be at least 2 x heartbeat.interval_secs",
+                format!(
+                    "is {idle}, must be at least 2 x heartbeat.interval_secs ({interval}): \
+                     set it to {} or more, or lower the interval",
+                    interval.saturating_mul(2)
+                ),
             ));
         }
         if self.redis.node_ttl_secs < 2 {

@@ -32,10 +32,16 @@ use crate::config::WsPublish;
 use crate::hub::{ClosingGuard, ConnId, ConnMeta, Flush, Outbox, Wire, frame};
 use crate::ingress::json_line::route_json_line;
 use crate::ingress::rate::PerConnection;
+use crate::ingress::throttle::WarnThrottle;
 use crate::push::{Ingress, Name, Push};
 
 /// Longest first frame taken as a uid (Workerman's `ws.send(uid)`).
 const MAX_BOUND_UID_LEN: usize = 64;
+
+/// One budget for every connection's refusal lines (protocol errors, refused
+/// publisher frames): a client looping on bad frames must not fill the log.
+static REFUSALS: std::sync::LazyLock<WarnThrottle> =
+    std::sync::LazyLock::new(|| WarnThrottle::new(module_path!()));
 /// `{"type":"pong"}` as a text frame, the answer to the seed client's heartbeat.
 const PONG: Bytes = Bytes::from_static(b"\x81\x0f{\"type\":\"pong\"}");
 /// The most one read takes from the socket.
@@ -300,7 +306,10 @@ impl Connection {
     fn on_message(&mut self, bytes: &[u8]) -> Option<Push> {
         let Ok(text) = std::str::from_utf8(bytes) else {
             self.state.metrics.rejected("not_utf8");
-            log::info!("conn {} closed: text frame is not UTF-8", self.id);
+            REFUSALS.log(
+                log::Level::Info,
+                format_args!("conn {} closed: text frame is not UTF-8", self.id),
+            );
             self.close(INVALID, "text frame is not UTF-8");
             return None;
         };
@@ -309,8 +318,14 @@ impl Connection {
             self.outbox.offer(&PONG);
             return None;
         }
-        // A BOM in front of a publisher's JSON (.NET clients) is skipped.
-        if self.may_publish() && crate::edge::strip_bom(text).starts_with('{') {
+        // A publisher's frame that looks like JSON is a publish: it routes, or the
+        // connection is closed with 1007 (an array or a cut-off object alike). A BOM
+        // (.NET clients) and leading whitespace are skipped; other frames (a uid, a
+        // word) fall through as for any connection.
+        let looks_like_json = crate::edge::strip_bom(text)
+            .trim_start()
+            .starts_with(['{', '[']);
+        if self.may_publish() && looks_like_json {
             return match route_json_line(text, None) {
                 Ok(_) if !self.rate.admit(&self.state.settings.ingress) => {
                     self.state.metrics.rejected("rate_limited");
@@ -320,7 +335,10 @@ impl Connection {
                 Ok(push) => Some(push),
                 Err(e) => {
                     self.state.metrics.rejected("publisher_frame");
-                    log::warn!("conn {} publisher frame refused: {e}", self.id);
+                    REFUSALS.warn(format_args!(
+                        "conn {} publisher frame refused: {e}",
+                        self.id
+                    ));
                     self.close(INVALID, &format!("not routable: {e}"));
                     None
                 }
@@ -344,14 +362,20 @@ impl Connection {
     fn protocol_error(&mut self, error: ProtocolError) {
         if let ProtocolError::Overflow = error {
             self.state.metrics.rejected("too_big");
-            log::info!(
-                "conn {} closed: message over server.max_message_bytes",
-                self.id
+            REFUSALS.log(
+                log::Level::Info,
+                format_args!(
+                    "conn {} closed: message over server.max_message_bytes",
+                    self.id
+                ),
             );
             return self.close(TOO_BIG, "message too big");
         }
         self.state.metrics.rejected("protocol");
-        log::info!("conn {} closed: {error}", self.id);
+        REFUSALS.log(
+            log::Level::Info,
+            format_args!("conn {} closed: {error}", self.id),
+        );
         self.close(PROTOCOL, &error.to_string());
     }
 

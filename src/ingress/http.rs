@@ -158,7 +158,10 @@ struct PushRequest<'a> {
     uid: Option<&'a RawValue>,
     #[serde(default)]
     all: bool,
-    message: serde_json::Value,
+    /// Forwarded as written: key order, number spelling and spacing are the
+    /// sender's, as on the text port.
+    #[serde(borrow)]
+    message: &'a RawValue,
 }
 
 /// A field that is present, whatever its value: `null` becomes `Some("null")`,
@@ -196,7 +199,7 @@ async fn api_push(
         ApiError::bad_request(format!("malformed JSON: {e}"))
     })?;
     let target = push_target(&request).inspect_err(|_| state.metrics.rejected("api_target"))?;
-    let text = request.message.to_string();
+    let text = request.message.get();
     if text.len() > limit {
         return Err(ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -204,7 +207,10 @@ async fn api_push(
         ));
     }
     let published = state
-        .publish(Push::new(target, ByteString::from(text)), Ingress::HttpApi)
+        .publish(
+            Push::new(target, ByteString::from(text.to_owned())),
+            Ingress::HttpApi,
+        )
         .await;
     Ok(HttpResponse::Ok().json(json!({
         "code": 200,

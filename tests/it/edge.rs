@@ -411,3 +411,35 @@ async fn a_tokenised_line_is_forwarded_byte_exact_without_its_token() {
     assert_eq!(server.rejected("text_token").await, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_forwards_a_message_as_written() {
+    let server = server().await;
+    let mut tab = client(&server, "page=home").await;
+    // Key order, a number's spelling and a big integer are the sender's: the same
+    // promise the text port keeps.
+    let message = r#"{"z":1, "a":1.50,"big":12345678901234567890123,"e":1e2}"#;
+    let body = format!(r#"{{"page":"home","message":{message}}}"#);
+    let (status, reply) = server.api_push(&body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(tab.recv_text().await, message);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_frame_that_is_json_but_not_an_object_is_closed_with_1007() {
+    let server = server().await;
+    let mut bystander = client(&server, "page=home").await;
+    for (n, frame) in ["[1,2]", "  {\"page\":\"home\"", "\u{FEFF} [\"home\"]"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut publisher =
+            WsClient::connect(&server.ws_url(&format!("/?token={API_TOKEN}"))).await;
+        publisher.send(frame).await;
+        let (code, _) = publisher.expect_close().await;
+        assert_eq!(code, 1007, "{frame:?}");
+        marker_is_next(&server, &mut bystander, n, frame).await;
+    }
+    server.stop().await;
+}
