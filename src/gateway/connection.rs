@@ -29,6 +29,7 @@ use super::membership::Membership;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::config::WsPublish;
+use crate::hub::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 use crate::hub::{ClosingGuard, ConnId, ConnMeta, Flush, Outbox, Wire, frame};
 use crate::ingress::json_line::route_json_line;
 use crate::ingress::rate::PerConnection;
@@ -49,15 +50,8 @@ const READ_CHUNK: usize = 4096;
 /// The longest frame header (RFC 6455 §5.2): 2 bytes, 8 of extended length, 4 of mask.
 #[cfg(test)]
 const MAX_HEADER: usize = 14;
-/// The longest control frame payload (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: u64 = 125;
-/// Opcodes (RFC 6455 §5.2).
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// The longest control frame payload (RFC 6455 §5.5), as a header's length.
+const MAX_CONTROL_PAYLOAD: u64 = frame::MAX_CONTROL_PAYLOAD as u64;
 /// How long a closed connection waits for the client's answer to the close frame
 /// before the socket is dropped anyway.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -8,14 +8,18 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// The FIN bit of a frame's first byte (RFC 6455 §5.2).
 const FIN: u8 = 0x80;
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// Opcodes (RFC 6455 §5.2), shared with the gateway's reading of client frames.
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
 
 /// Control frames carry at most 125 bytes (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// An empty ping, the server's heartbeat.
 pub const PING: Bytes = Bytes::from_static(&[FIN | OP_PING, 0]);
