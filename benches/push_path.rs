@@ -109,7 +109,7 @@ fn scene_rendering(c: &mut Criterion) {
     let query = "func=pushHomeLogic&token=t&page=home&order=1234&who=A%22B&seq=42&t_ns=123456789";
     c.bench_function("scene_render", |b| {
         b.iter(|| {
-            let query = Query::parse(black_box(query));
+            let query = Query::parse(black_box(query)).expect("a UTF-8 query");
             scene.render(&Params::from_query(&query)).expect("renders")
         })
     });

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use percent_encoding::percent_decode_str;
+
 /// The UTF-8 encoding of U+FEFF.
 const BOM: &str = "\u{FEFF}";
 
@@ -28,25 +30,44 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// A decoded query string (`application/x-www-form-urlencoded`, `+` as space,
-/// invalid percent-encoded UTF-8 replaced by U+FFFD), in which a repeated key
-/// means its last value. Unknown keys are kept and simply never asked for.
+/// A query key or value whose percent-encoding decodes to bytes that are not UTF-8
+/// (`?uid=M%E4ller`, Latin-1 from a PHP page). Refused, never replaced by U+FFFD:
+/// two different ids must not become the same name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("query parameter {key:?} is not UTF-8 once percent-decoded")]
+pub struct QueryError {
+    /// The key, decoded lossily, for the error message.
+    pub key: String,
+}
+
+/// A decoded query string (`application/x-www-form-urlencoded`, `+` as space), in
+/// which a repeated key means its last value. Unknown keys are kept and simply
+/// never asked for.
 #[derive(Debug, Default, Clone)]
 pub struct Query {
     values: HashMap<String, String>,
 }
 
 impl Query {
-    /// Decodes `raw`, the part of the URL after `?`. Never fails: every byte
-    /// string is some query.
-    pub fn parse(raw: &str) -> Self {
-        // serde_urlencoded decodes every byte string into pairs (lossily, as
-        // `form_urlencoded` underneath does), so the error arm is never taken; a
-        // map built from the pairs in order keeps each key's last value.
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).unwrap_or_default();
-        Self {
-            values: pairs.into_iter().collect(),
+    /// Decodes `raw`, the part of the URL after `?`.
+    ///
+    /// Errors: [`QueryError`] when a key or value is not UTF-8 once decoded.
+    pub fn parse(raw: &str) -> Result<Self, QueryError> {
+        // serde_urlencoded decodes lossily (U+FFFD), so UTF-8 is checked first.
+        for pair in raw.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let utf8 = |text: &str| percent_decode_str(text).decode_utf8().is_ok();
+            if !utf8(key) || !utf8(value) {
+                let key = percent_decode_str(key).decode_utf8_lossy().into_owned();
+                return Err(QueryError { key });
+            }
         }
+        // Pairs of text decode from any query, so the error arm is never taken;
+        // a map built from the pairs in order keeps each key's last value.
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).unwrap_or_default();
+        Ok(Self {
+            values: pairs.into_iter().collect(),
+        })
     }
 
     /// The last value given for `key`.
@@ -72,14 +93,23 @@ mod tests {
 
     #[test]
     fn the_last_value_of_a_repeated_key_wins() {
-        let q = Query::parse("page=list&page=home&_=123&uid=a%20b+c&empty=&flag");
+        let q = Query::parse("page=list&page=home&_=123&uid=a%20b+c&empty=&flag").unwrap();
         assert_eq!(q.get("page"), Some("home"));
         assert_eq!(q.get("uid"), Some("a b c"));
         assert_eq!(q.get("empty"), Some(""));
         assert_eq!(q.non_empty("empty"), None);
         assert_eq!(q.get("flag"), Some(""));
         assert_eq!(q.get("missing"), None);
-        assert_eq!(Query::parse("x=%FF").get("x"), Some("\u{FFFD}"));
+        assert_eq!(Query::parse("x=%C3%A9").unwrap().get("x"), Some("é"));
+        for bad in [
+            "uid=M%E4ller",
+            "x=%FF",
+            "x=%C0%AF",
+            "%FF=1",
+            "a=1&b=%ED%A0%80",
+        ] {
+            assert!(Query::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -113,7 +143,7 @@ mod tests {
                 .map(|(k, v)| serde_urlencoded::to_string([(k, v)]).unwrap())
                 .collect::<Vec<_>>()
                 .join("&");
-            let q = Query::parse(&encoded);
+            let q = Query::parse(&encoded).unwrap();
             for (k, _) in &pairs {
                 let last = pairs.iter().rev().find(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
                 prop_assert_eq!(q.get(k), last);

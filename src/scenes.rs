@@ -491,7 +491,7 @@ mod tests {
                 Err(SceneError::BadTarget(_))
             ));
         }
-        let query = Query::parse("uid=1&uid=2&msg=a&msg=b");
+        let query = Query::parse("uid=1&uid=2&msg=a&msg=b").unwrap();
         let push = scene.render(&Params::from_query(&query)).unwrap();
         assert_eq!(push.target, Target::Uid(Name::try_from("2").unwrap()));
         assert_eq!(&*push.payload, r#""b""#);

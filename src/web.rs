@@ -126,7 +126,8 @@ async fn static_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpRe
             file.as_str()
         )));
     };
-    let versioned = Query::parse(req.query_string()).get("v") == Some(asset_version());
+    let versioned =
+        Query::parse(req.query_string()).is_ok_and(|query| query.get("v") == Some(asset_version()));
     let cache = if versioned {
         "public, max-age=31536000, immutable"
     } else {

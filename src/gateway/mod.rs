@@ -192,7 +192,8 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
     .map_err(|e| reject("origin", e))?;
 
     // A repeated key counts with its last value; unknown keys are ignored.
-    let query = Query::parse(request.uri().query().unwrap_or(""));
+    let query = Query::parse(request.uri().query().unwrap_or(""))
+        .map_err(|e| reject("query", ApiError::bad_request(e.to_string())))?;
     let role = match state.tokens.connect_role(query.get("token")) {
         Ok(role) => role,
         Err(Refusal::MissingToken) => {

@@ -91,10 +91,18 @@ fn require_api_token(
     }
 }
 
+/// The request's query, or a 400 naming the parameter that is not UTF-8.
+fn parse_query(req: &HttpRequest, state: &AppState) -> Result<Query, ApiError> {
+    Query::parse(req.query_string()).map_err(|e| {
+        state.metrics.rejected("query");
+        ApiError::bad_request(e.to_string())
+    })
+}
+
 /// `GET /?func=NAME&token=API_TOKEN[&params]`: runs a scene.
 async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     // A repeated key counts with its last value, as in PHP's `$_GET`.
-    let query = Query::parse(req.query_string());
+    let query = parse_query(req, state)?;
     let func = match query.get("func") {
         Some(func) if !func.is_empty() => func.to_string(),
         _ => {
@@ -223,7 +231,7 @@ async fn api_push(
 /// `GET /api/presence?page=P` or `?uid=U`.
 async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // Unknown keys (cache busters such as `_=123`) are ignored.
-    let query = Query::parse(req.query_string());
+    let query = parse_query(&req, &state)?;
     require_api_token(&req, TokenFrom::HeaderOrQuery(query.get("token")), &state)?;
     let named = |field: &str, value: &str| {
         Name::try_from(value).map_err(|e| {
@@ -252,7 +260,7 @@ async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 /// `GET /api/stats`: connections per page and totals.
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // Unknown keys (cache busters such as `_=123`) are ignored.
-    let query = Query::parse(req.query_string());
+    let query = parse_query(&req, &state)?;
     require_api_token(&req, TokenFrom::HeaderOrQuery(query.get("token")), &state)?;
     let stats = state.registry.stats().await;
     Ok(HttpResponse::Ok().json(json!({

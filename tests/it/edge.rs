@@ -443,3 +443,33 @@ async fn a_publisher_frame_that_is_json_but_not_an_object_is_closed_with_1007() 
     }
     server.stop().await;
 }
+
+/// Percent-encoding that is not UTF-8 (Latin-1 from a PHP page) is refused at every
+/// query door: made U+FFFD, `M%E4ller` and `M%FCller` would be one user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_value_that_is_not_utf8_is_refused_and_never_merges_two_ids() {
+    let server = server().await;
+    let mut bystander = client(&server, "page=home").await;
+    let connect = WsClient::try_connect(
+        &server.ws_url(&format!("/?token={CLIENT_TOKEN}&uid=M%E4ller")),
+        None,
+    )
+    .await;
+    match connect {
+        Ok(_) => panic!("a non-UTF-8 uid was accepted at connect"),
+        Err(refused) => assert_eq!(refused.status, 400, "{:?}", refused.body),
+    }
+    for (n, query) in ["uid=M%FCller", "uid=%FF", "uid=%C0%AF"]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = server.trigger("toUser", &format!("&{query}")).await;
+        assert_eq!(status, 400, "trigger {query}: {body}");
+        let (status, body) = server
+            .get_json(&format!("/api/presence?{query}&token={API_TOKEN}"))
+            .await;
+        assert_eq!(status, 400, "presence {query}: {body}");
+        marker_is_next(&server, &mut bystander, n, query).await;
+    }
+    server.stop().await;
+}
