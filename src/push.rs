@@ -24,9 +24,10 @@ const MAX_EXACT_FLOAT_ID: f64 = 9_007_199_254_740_992.0;
 
 /// A page, uid or session name: 1..=[`MAX_NAME_BYTES`] bytes of UTF-8 without
 /// control characters (Unicode `Cc`), line or paragraph separators (U+2028,
-/// U+2029), or the invisible format characters that make a name read as another
-/// in logs and dashboards (U+061C, U+200B..=U+200F, U+202A..=U+202E,
-/// U+2060..=U+2064, U+2066..=U+2069, U+FEFF).
+/// U+2029), or the invisible characters that make a name read as another in logs
+/// and dashboards: Unicode's default-ignorable code points (soft hyphen U+00AD,
+/// zero-width and bidi controls U+200B..=U+200F, U+202A..=U+202E, U+2060..=U+206F,
+/// variation selectors, Hangul fillers, U+FEFF, U+FFF0..=U+FFFB, tags U+E0000..).
 ///
 /// Built once at the door ([`Name::try_from`] for query values and config,
 /// [`Name::from_json`] / [`Name::from_raw_json`] for JSON fields); clones share
@@ -56,12 +57,23 @@ fn is_refused_char(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}'
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
 }
 
@@ -347,6 +359,14 @@ mod tests {
             "a\u{202e}b",
             "\u{feff}a",
             "a\u{2028}",
+            "\u{ad}",
+            "a\u{ad}b",
+            "a\u{180e}",
+            "\u{fff9}x",
+            "x\u{e0001}",
+            "a\u{34f}",
+            "\u{3164}",
+            "a\u{fe0f}",
         ] {
             assert_eq!(Name::try_from(bad), Err(NameError::Control), "{bad:?}");
         }

@@ -233,6 +233,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 origin,
                 fanout,
                 metrics.clone(),
+                settings.server.max_message_bytes,
             )
             .map_err(StartError::Setup)?;
             critical.extend(tasks);

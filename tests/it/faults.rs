@@ -148,6 +148,11 @@ async fn garbage_on_the_bus_channel_stops_no_delivery() {
         cmd(&redis, &["PUBLISH", &channel, garbage]);
     }
     cmd(&redis, &["PUBLISH", &channel, "\u{1F600}\u{1F600}"]);
+    // Well-formed envelopes for the tab's page that no ingress could have sent: an
+    // empty frame, and one over server.max_message_bytes (64 KiB by default).
+    let oversized = format!("p1:0:0:4:home\"{}\"", "y".repeat(70_000));
+    cmd(&redis, &["PUBLISH", &channel, "p1:0:0:4:home"]);
+    cmd(&redis, &["PUBLISH", &channel, &oversized]);
 
     let reply = api_push(&b, json!({"page": "home", "message": "after garbage"})).await;
     assert_eq!(reply["cluster_wide"], true, "{reply}");
@@ -157,7 +162,7 @@ async fn garbage_on_the_bus_channel_stops_no_delivery() {
     let metrics = reqwest::get(a.http_url("/metrics")).await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(
-        metrics.contains("scenecast_rejected_total{reason=\"bus_message\"} 7"),
+        metrics.contains("scenecast_rejected_total{reason=\"bus_message\"} 9"),
         "{metrics}"
     );
     load.finish(&b).await;
