@@ -293,7 +293,10 @@ impl Port {
         let Ok(line) = std::str::from_utf8(line) else {
             return Some(Err(("text_encoding", "line is not UTF-8".into())));
         };
-        if crate::edge::strip_bom(line).trim().is_empty() {
+        // Only a line of ASCII blanks gets no reply (a keep-alive newline); a BOM or
+        // a Unicode space alone is a request like any other, answered `fail`, so a
+        // client waiting for one reply per line is never left hanging.
+        if line.trim_ascii().is_empty() {
             return None;
         }
         Some(
