@@ -870,9 +870,38 @@ fn mask_url_password(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
         pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    proptest! {
+        /// Any text in a variable: loading never panics; a text setting is the
+        /// exact text typed, and a list is the comma-separated items, trimmed.
+        #[test]
+        fn environment_text_is_taken_as_typed(
+            node_id in "[0-9A-Za-z._-]{1,12}",
+            tokens in proptest::collection::vec("[0-9A-Za-z_-]{1,10}", 1..4),
+            spacing in " {0,2}",
+            anything in "\\PC{0,20}",
+        ) {
+            let api_tokens = tokens.join(&format!("{spacing},{spacing}"));
+            let loaded = Settings::load_from(
+                Some(Path::new("/dev/null")),
+                env(&[
+                    ("SCENECAST__SERVER__NODE_ID", &node_id),
+                    ("SCENECAST__AUTH__API_TOKENS", &api_tokens),
+                ]),
+            );
+            let (settings, _) = loaded.unwrap();
+            prop_assert_eq!(&settings.server.node_id, &node_id);
+            prop_assert_eq!(&settings.auth.api_tokens, &tokens);
+            // Any text at all: an error or settings, never a panic.
+            for key in ["SCENECAST__SERVER__WORKERS", "SCENECAST__AUTH__CLIENT_TOKENS", "SCENECAST__X"] {
+                let _ = Settings::load_from(Some(Path::new("/dev/null")), env(&[(key, &anything)]));
+            }
+        }
     }
 
     #[test]
