@@ -59,7 +59,8 @@ pub fn raise_and_report() {
                 );
             } else {
                 log::info!(
-                    "file descriptor limit {soft}: room for ~{capacity} WebSocket connections"
+                    "file descriptor limit {soft} (hard limit {hard}); the WebSocket cap \
+                     below keeps a share of it for HTTP, the text port and Redis"
                 );
             }
         }

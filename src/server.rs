@@ -320,7 +320,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
              can exhaust the file descriptors"
         ),
         global => log::info!(
-            "WebSocket connection caps: {global} per node, {} per address (0 = none)",
+            "WebSocket connection caps: {global} per node{}, {} per address (0 = none)",
+            if settings.server.max_connections.is_none() {
+                " (server.max_connections unset: the fd limit less a reserve)"
+            } else {
+                ""
+            },
             settings.server.max_connections_per_ip
         ),
     }
