@@ -67,6 +67,16 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
         Ok((settings, source)) => {
             println!("# {source}");
             println!("# valid; the settings in force (secrets masked):");
+            // Two settings are resolved at start, not in the file: say what they become.
+            if settings.server.node_id.is_empty() {
+                println!("# server.node_id \"\" = a unique id per process (hostname-pid-random)");
+            }
+            if settings.server.max_connections.is_none() {
+                println!(
+                    "# server.max_connections unset = the fd limit less a reserve ({} here)",
+                    scenecast::net::auto_max_connections()
+                );
+            }
             println!();
             print!("{}", settings.to_masked_toml());
             ExitCode::SUCCESS
