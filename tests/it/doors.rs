@@ -30,6 +30,17 @@ async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> TcpStream {
         .expect("connect to the text port")
 }
 
+/// A viewer on page home, counted by presence before the test goes on.
+async fn home_viewer(server: &TestServer) -> WsClient {
+    let viewer =
+        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
+    eventually("the viewer is registered", || async {
+        (server.connections("page=home").await == 1).then_some(())
+    })
+    .await;
+    viewer
+}
+
 /// Waits for the server to close `stream` (end of stream or reset); panics after WAIT.
 async fn expect_closed_by_server(stream: &mut TcpStream) {
     let mut byte = [0u8; 1];
@@ -52,12 +63,7 @@ async fn a_silent_text_connection_is_closed_after_the_idle_timeout() {
     expect_closed_by_server(&mut idle).await;
 
     // A client that speaks is served as before.
-    let _home =
-        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
-    eventually("the viewer is registered", || async {
-        (server.connections("page=home").await == 1).then_some(())
-    })
-    .await;
+    let _home = home_viewer(&server).await;
     let mut client = TextClient::connect(addr).await;
     assert_eq!(client.push(r#"{"page":"home"}"#).await, "ok\n");
     server.stop().await;
@@ -72,12 +78,7 @@ async fn one_ip_cannot_hold_every_text_slot_and_the_back_office_gets_through() {
     })
     .await;
     let addr = server.text_addr.expect("text port");
-    let mut home =
-        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
-    eventually("the viewer is registered", || async {
-        (server.connections("page=home").await == 1).then_some(())
-    })
-    .await;
+    let mut home = home_viewer(&server).await;
 
     // One IP fills its share with idle connections; one more is closed at accept.
     let mut hoard = Vec::new();
@@ -122,12 +123,7 @@ async fn text_pushes_over_the_source_rate_get_fail_and_other_sources_do_not() {
     })
     .await;
     let addr = server.text_addr.expect("text port");
-    let mut home =
-        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
-    eventually("the viewer is registered", || async {
-        (server.connections("page=home").await == 1).then_some(())
-    })
-    .await;
+    let mut home = home_viewer(&server).await;
 
     // One write, so that the three lines arrive well within a second.
     let mut flood = TextClient::connect(addr).await;
@@ -164,12 +160,7 @@ async fn udp_datagrams_over_the_source_rate_are_dropped_and_counted() {
     })
     .await;
     let addr = server.udp_addr.expect("UDP port");
-    let mut home =
-        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
-    eventually("the viewer is registered", || async {
-        (server.connections("page=home").await == 1).then_some(())
-    })
-    .await;
+    let mut home = home_viewer(&server).await;
 
     let flood = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     for n in 1..=3 {
