@@ -16,12 +16,13 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::hub::{Delivery, Hub, Outbox, frame};
+use crate::ingress::throttle::WarnThrottle;
 use crate::metrics::Metrics;
 use crate::push::{Push, Target};
 
@@ -30,6 +31,9 @@ const QUEUE: usize = 1024;
 
 /// Connections written per turn of a worker before it lets other tasks run.
 const CHUNK: usize = 256;
+
+/// One budget for the slow-consumer warning: a burst of closes is one line a second.
+static SLOW_CONSUMERS: LazyLock<WarnThrottle> = LazyLock::new(|| WarnThrottle::new(module_path!()));
 
 /// Pushes a worker that fell behind takes at once (see [`run_worker`]).
 const BATCH: usize = 16;
@@ -196,10 +200,7 @@ fn account(metrics: &Metrics, target: &Target, delivery: Delivery) {
         metrics
             .slow_consumers
             .inc_by(delivery.slow_consumers as u64);
-        use crate::ingress::throttle::WarnThrottle;
-        use std::sync::LazyLock;
-        static SLOW: LazyLock<WarnThrottle> = LazyLock::new(|| WarnThrottle::new(module_path!()));
-        SLOW.warn(format_args!(
+        SLOW_CONSUMERS.warn(format_args!(
             "closed {} slow consumer(s) on {target}: send queue full",
             delivery.slow_consumers,
         ));
