@@ -30,6 +30,7 @@ pub struct Settings {
     pub heartbeat: HeartbeatSettings,
     pub ingress: IngressSettings,
     pub ops: OpsSettings,
+    pub history: HistorySettings,
     /// The func handler table. `None` (no `[[scenes]]` in any layer) means the
     /// built-in defaults; a config that lists scenes replaces them entirely.
     pub scenes: Option<Vec<SceneConfig>>,
@@ -122,6 +123,29 @@ pub struct IngressSettings {
     /// Pushes one source may make at once before `push_rate_per_sec` applies
     /// (at least the rate; 0 = the rate).
     pub push_burst: u32,
+}
+
+/// The recent-push log behind recovery on reconnect and idempotent publish.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Pushes kept for recovery (`?recover=1`); 0 keeps none, so every `since`
+    /// answers `recovered:false`.
+    pub size: usize,
+    /// Seconds a push stays recoverable.
+    pub ttl_secs: u64,
+    /// Seconds an `Idempotency-Key` is remembered, cluster-wide.
+    pub idempotency_secs: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl_secs: 300,
+            idempotency_secs: 300,
+        }
+    }
 }
 
 /// `/metrics` exposure.
