@@ -43,22 +43,44 @@ pub enum ClientFrame {
 
 impl PartialEq for ClientFrame {
     fn eq(&self, other: &Self) -> bool {
-        // RawValue has no PartialEq: compare a client event's data as text.
+        // RawValue has no PartialEq: a client event's data compares as text.
+        use ClientFrame::*;
         match (self, other) {
             (
-                Self::ClientEvent {
+                Subscribe {
+                    channel,
+                    auth,
+                    channel_data,
+                },
+                Subscribe {
+                    channel: c,
+                    auth: a,
+                    channel_data: d,
+                },
+            ) => channel == c && auth == a && channel_data == d,
+            (Unsubscribe { channel }, Unsubscribe { channel: c }) => channel == c,
+            (Ping, Ping) | (Pong, Pong) => true,
+            (
+                Signin { user_data, auth },
+                Signin {
+                    user_data: u,
+                    auth: a,
+                },
+            ) => user_data == u && auth == a,
+            (
+                ClientEvent {
                     event,
                     channel,
                     data,
                 },
-                Self::ClientEvent {
+                ClientEvent {
                     event: e,
                     channel: c,
                     data: d,
                 },
             ) => event == e && channel == c && data.get() == d.get(),
-            (Self::ClientEvent { .. }, _) | (_, Self::ClientEvent { .. }) => false,
-            _ => format!("{self:?}") == format!("{other:?}"),
+            (Other { event }, Other { event: e }) => event == e,
+            _ => false,
         }
     }
 }

@@ -249,12 +249,10 @@ pub fn check_api_request(
     }
     match get("body_md5") {
         None if !request.body.is_empty() => return Err(ApiAuthError::Missing("body_md5")),
-        None => {}
-        Some(given) => {
-            if !same(&body_md5(request.body), &given.to_ascii_lowercase()) {
-                return Err(ApiAuthError::BodyMd5);
-            }
+        Some(given) if !same(&body_md5(request.body), &given.to_ascii_lowercase()) => {
+            return Err(ApiAuthError::BodyMd5);
         }
+        _ => {}
     }
     let query = params
         .iter()

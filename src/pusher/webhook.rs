@@ -233,13 +233,13 @@ async fn run(
             None => Some(rx.recv().await),
         };
         let closed = matches!(received, Some(None));
-        if let Some(Some((app, event))) = received {
-            if hooks.contains_key(&app) {
-                let batch = pending
-                    .entry(app)
-                    .or_insert_with(|| (Instant::now(), Vec::new()));
-                batch.1.push(event);
-            }
+        if let Some(Some((app, event))) = received
+            && hooks.contains_key(&app)
+        {
+            let batch = pending
+                .entry(app)
+                .or_insert_with(|| (Instant::now(), Vec::new()));
+            batch.1.push(event);
         }
         let now = Instant::now();
         let ready: Vec<Arc<str>> = pending
