@@ -77,6 +77,15 @@ pub struct AuthSettings {
     pub api_tokens: Vec<String>,
     /// Accept WebSocket connects without any token (the seeds' browser code).
     pub allow_anonymous: bool,
+    /// HS256 key for signed connect tokens (JWTs in `?token=`); at least 32 bytes;
+    /// empty = off. `scenecast token` signs with it.
+    pub jwt_secret: String,
+    /// A PEM public key (RSA → RS256, EC P-256 → ES256) for signed connect tokens
+    /// minted elsewhere; empty = off.
+    pub jwt_public_key_file: String,
+    /// A uid comes only from a JWT's `sub`: `?uid=` without one gets 403 and the
+    /// first-frame uid binding is off.
+    pub require_signed_uid: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -479,6 +488,7 @@ impl Settings {
             ));
         }
         check_tokens("auth.client_tokens", &self.auth.client_tokens)?;
+        self.check_jwt_keys()?;
         check_tokens("auth.api_tokens", &self.auth.api_tokens)?;
         if self
             .auth
@@ -509,6 +519,28 @@ impl Settings {
         Ok(())
     }
 
+    /// The JWT keys are usable: a secret long enough for HS256, a key file that
+    /// reads as a public key.
+    fn check_jwt_keys(&self) -> Result<(), ConfigError> {
+        let secret = &self.auth.jwt_secret;
+        let min = crate::auth::MIN_JWT_SECRET_BYTES;
+        if !secret.is_empty() && secret.len() < min {
+            return Err(invalid(
+                "auth.jwt_secret",
+                format!(
+                    "is {} bytes, must be at least {min} (e.g. openssl rand -base64 48)",
+                    secret.len()
+                ),
+            ));
+        }
+        let file = &self.auth.jwt_public_key_file;
+        if !file.is_empty() {
+            crate::auth::load_public_key(Path::new(file))
+                .map_err(|e| invalid("auth.jwt_public_key_file", e))?;
+        }
+        Ok(())
+    }
+
     /// Fail closed: a token published in this repository (README, examples,
     /// docker-compose.yml) is no secret, so it may guard loopback only.
     fn refuse_demo_tokens(&self) -> Result<(), ConfigError> {
@@ -536,6 +568,14 @@ impl Settings {
             if is_demo_token(text) && exposed(bind) {
                 return Err(demo_token("ingress.text_token", text, bind_key, bind));
             }
+        }
+        if is_demo_token(&self.auth.jwt_secret) && server {
+            return Err(demo_token(
+                "auth.jwt_secret",
+                &self.auth.jwt_secret,
+                "server.bind",
+                &self.server.bind,
+            ));
         }
         if is_demo_token(&self.ops.metrics_token) && server {
             return Err(demo_token(

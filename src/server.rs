@@ -381,7 +381,12 @@ fn bind_error(key: &str, addr: &str, source: std::io::Error) -> StartError {
 /// nothing will work when no token is configured and anonymous access is off.
 fn log_start_notes(settings: &Settings, http_addr: SocketAddr) {
     let auth = &settings.auth;
-    if auth.client_tokens.is_empty() && auth.api_tokens.is_empty() && !auth.allow_anonymous {
+    let no_jwt = auth.jwt_secret.is_empty() && auth.jwt_public_key_file.is_empty();
+    if auth.client_tokens.is_empty()
+        && auth.api_tokens.is_empty()
+        && !auth.allow_anonymous
+        && no_jwt
+    {
         log::warn!(
             "NO TOKEN CONFIGURED: auth.client_tokens and auth.api_tokens are empty and \
              auth.allow_anonymous is false, so every WebSocket connect and every push gets 401. \
