@@ -133,7 +133,10 @@ async fn expired_wrongly_signed_and_unsigned_tokens_get_401_before_the_upgrade()
         let (status, body) = refusal(&server, &format!("token={token}")).await;
         assert_eq!(status, 401, "{token}: {body}");
         assert!(
-            body["message"].as_str().unwrap().starts_with("invalid token"),
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid token"),
             "{body}"
         );
     }
@@ -361,11 +364,17 @@ fn key_settings_that_cannot_work_stop_the_start_with_exit_2_naming_the_key() {
     let missing = dir.path("missing.pem");
     for (toml, key) in [
         (
-            format!("[auth]\njwt_public_key_file = {:?}\n", garbage.to_str().unwrap()),
+            format!(
+                "[auth]\njwt_public_key_file = {:?}\n",
+                garbage.to_str().unwrap()
+            ),
             "auth.jwt_public_key_file",
         ),
         (
-            format!("[auth]\njwt_public_key_file = {:?}\n", missing.to_str().unwrap()),
+            format!(
+                "[auth]\njwt_public_key_file = {:?}\n",
+                missing.to_str().unwrap()
+            ),
             "auth.jwt_public_key_file",
         ),
         // The signing key itself does not belong on the server.
@@ -420,7 +429,9 @@ async fn the_token_command_mints_a_token_that_connects_and_binds() {
     std::fs::write(&config, format!("[auth]\njwt_secret = {SECRET:?}\n")).unwrap();
     let (code, token, stderr) = token_command(
         &config,
-        &["--uid", "42", "--page", "home", "--page", "list", "--ttl", "600"],
+        &[
+            "--uid", "42", "--page", "home", "--page", "list", "--ttl", "600",
+        ],
     );
     assert_eq!(code, Some(0), "{stderr}");
     // Its claims, as a client library would read them.
@@ -550,10 +561,8 @@ fn any_token_text_is_accepted_or_refused_with_401_or_403() {
     });
     runner
         .run(&queries, |(text, page, with_uid)| {
-            let token = percent_encoding::utf8_percent_encode(
-                &text,
-                percent_encoding::NON_ALPHANUMERIC,
-            );
+            let token =
+                percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
             let mut query = format!("token={token}");
             if let Some(page) = page {
                 query.push_str(&format!("&page={page}"));
