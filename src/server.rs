@@ -394,6 +394,13 @@ fn log_start_notes(settings: &Settings, http_addr: SocketAddr) {
              config file with --config (see scenecast --help)"
         );
     }
+    if !no_jwt && !auth.require_signed_uid {
+        log::warn!(
+            "signed connect tokens are on but auth.require_signed_uid is false: a client \
+             token with ?uid= or a first frame still claims any uid unsigned; set it to true \
+             once your pages send signed tokens (README: Signed identities)"
+        );
+    }
     // A wildcard bind is reachable as localhost too; print a URL that opens.
     let mut shown = http_addr;
     if shown.ip().is_unspecified() {

@@ -592,3 +592,46 @@ fn any_token_text_is_accepted_or_refused_with_401_or_403() {
     assert_eq!(status, 200);
     runtime.block_on(server.stop());
 }
+
+/// The start log of `scenecast serve` with `auth` as its `[auth]` section: the
+/// process is stopped once it serves `/healthz`.
+async fn start_log(auth: &str) -> String {
+    let dir = TempDir::new("identity-start");
+    let port = free_port();
+    let config = dir.path("scenecast.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nbind = \"127.0.0.1:{port}\"\n[auth]\n{auth}\n"),
+    )
+    .unwrap();
+    let log = dir.path("stderr.log");
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    crate::common::eventually("the server serves /healthz", || async {
+        reqwest::get(&url).await.ok().map(|_| ())
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_tokens_without_require_signed_uid_warn_at_start() {
+    let secret = format!("jwt_secret = {SECRET:?}");
+    let warned = start_log(&secret).await;
+    assert!(
+        warned.contains("auth.require_signed_uid is false"),
+        "{warned}"
+    );
+    let strict = start_log(&format!("{secret}\nrequire_signed_uid = true")).await;
+    assert!(!strict.contains("require_signed_uid is false"), "{strict}");
+    assert!(strict.contains("scenecast"), "{strict}");
+}
