@@ -488,8 +488,8 @@ impl Settings {
             ));
         }
         check_tokens("auth.client_tokens", &self.auth.client_tokens)?;
-        self.check_jwt_keys()?;
         check_tokens("auth.api_tokens", &self.auth.api_tokens)?;
+        self.check_jwt_keys()?;
         if self
             .auth
             .api_tokens

@@ -9,10 +9,11 @@
 //! Performance section for what that saves).
 //!
 //! Refused upgrades (JSON `{"code","message"}`, before any `101`): 401 token
-//! (missing, unknown, expired or unverifiable JWT), 403 origin or what a JWT does not
-//! allow (another `?uid=`, a page outside its `pages`, an unsigned uid under
-//! `auth.require_signed_uid`), 400 query, 404 path, 429 `server.max_connections_per_ip`, 503
-//! `server.max_connections` or the server is stopping.
+//! (missing, unknown, or a JWT that is expired or does not verify), 403 origin or
+//! what a token does not allow (another `?uid=` than its `sub`, a page outside its
+//! `pages`, an unsigned uid under `auth.require_signed_uid`), 400 query, 404 path,
+//! 429 `server.max_connections_per_ip`, 503 `server.max_connections` or the server
+//! is stopping.
 //!
 //! Close codes the server sends:
 //!
