@@ -462,6 +462,9 @@ impl Settings {
                 ),
             ));
         }
+        if self.history.idempotency_secs == 0 {
+            return Err(invalid("history.idempotency_secs", "must be at least 1"));
+        }
         if self.redis.node_ttl_secs < 2 {
             return Err(invalid("redis.node_ttl_secs", "must be at least 2"));
         }
