@@ -969,6 +969,16 @@ mod tests {
     }
 
     #[test]
+    fn the_idempotency_window_is_at_least_a_second() {
+        let mut s = Settings::default();
+        s.history.idempotency_secs = 0;
+        let e = s.validate().expect_err("0 is refused");
+        assert!(e.to_string().contains("history.idempotency_secs"), "{e}");
+        s.history.idempotency_secs = 1;
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
     fn urls_keep_everything_but_the_password() {
         assert_eq!(mask_url_password("redis://:pw@h:1/"), "redis://:***@h:1/");
         assert_eq!(mask_url_password("redis://u:pw@h/0"), "redis://u:***@h/0");

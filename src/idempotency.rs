@@ -46,9 +46,9 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use actix_web::{HttpResponse, ResponseError as _};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::{HttpResponse, ResponseError as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -426,7 +426,10 @@ struct MemoryInner {
 enum Slot {
     /// In flight; the sender is the claimer's, dropped without a reply on release.
     Pending(watch::Receiver<Option<Reply>>),
-    Done { reply: Reply, expires: Instant },
+    Done {
+        reply: Reply,
+        expires: Instant,
+    },
 }
 
 impl Memory {
@@ -499,7 +502,11 @@ impl Memory {
 
 impl MemoryInner {
     fn expire(&mut self, now: Instant) {
-        while self.order.front().is_some_and(|(_, expires)| *expires <= now) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, expires)| *expires <= now)
+        {
             self.forget_oldest();
         }
     }
@@ -699,7 +706,10 @@ mod tests {
             Err(KeyError::TooLong(256))
         );
         assert_eq!(IdempotencyKey::parse(b""), Err(KeyError::Empty));
-        assert_eq!(IdempotencyKey::parse(b"a b"), Err(KeyError::Invisible(b' ')));
+        assert_eq!(
+            IdempotencyKey::parse(b"a b"),
+            Err(KeyError::Invisible(b' '))
+        );
         assert_eq!(
             IdempotencyKey::parse("clé".as_bytes()),
             Err(KeyError::Invisible(0xc3))
@@ -710,10 +720,19 @@ mod tests {
     #[test]
     fn a_quoted_header_is_its_content_and_the_hash_hides_the_text() {
         assert_eq!(IdempotencyKey::from_header(b"\"abc\""), Ok(key("abc")));
-        assert_eq!(IdempotencyKey::from_header(br#""a\"b\\c""#), Ok(key(r#"a"b\c"#)));
+        assert_eq!(
+            IdempotencyKey::from_header(br#""a\"b\\c""#),
+            Ok(key(r#"a"b\c"#))
+        );
         assert_eq!(IdempotencyKey::from_header(b"abc"), Ok(key("abc")));
-        assert_eq!(IdempotencyKey::from_header(b"\"abc"), Err(KeyError::BadQuotes));
-        assert_eq!(IdempotencyKey::from_header(br#""a\x""#), Err(KeyError::BadQuotes));
+        assert_eq!(
+            IdempotencyKey::from_header(b"\"abc"),
+            Err(KeyError::BadQuotes)
+        );
+        assert_eq!(
+            IdempotencyKey::from_header(br#""a\x""#),
+            Err(KeyError::BadQuotes)
+        );
         assert_eq!(IdempotencyKey::from_header(b"\"\""), Err(KeyError::Empty));
         let hex = key("order-42").hex();
         assert_eq!(hex.len(), 64);
@@ -724,7 +743,10 @@ mod tests {
     #[test]
     fn the_body_field_must_be_a_json_string() {
         let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
-        assert_eq!(IdempotencyKey::from_json(&raw(r#""k\u0031""#)), Ok(key("k1")));
+        assert_eq!(
+            IdempotencyKey::from_json(&raw(r#""k\u0031""#)),
+            Ok(key("k1"))
+        );
         assert_eq!(
             IdempotencyKey::from_json(&raw("12")),
             Err(KeyError::NotAString)
@@ -743,7 +765,10 @@ mod tests {
             HeaderName::from_static(HEADER),
             actix_web::http::header::HeaderValue::from_static("k"),
         );
-        assert_eq!(key_from(&headers, Some(&raw), Some("k")).unwrap(), Some(key("k")));
+        assert_eq!(
+            key_from(&headers, Some(&raw), Some("k")).unwrap(),
+            Some(key("k"))
+        );
         assert!(key_from(&headers, None, Some("other")).is_err());
         assert_eq!(key_from(&HeaderMap::new(), None, None).unwrap(), None);
         headers.append(
@@ -759,7 +784,10 @@ mod tests {
         let k = key("k");
         let tx = claim(&memory, k);
         memory.finish(k, tx, Some(&Reply::ok(serde_json::json!({"n": 1}))));
-        assert_eq!(done(&memory, k), Some(Reply::ok(serde_json::json!({"n": 1}))));
+        assert_eq!(
+            done(&memory, k),
+            Some(Reply::ok(serde_json::json!({"n": 1})))
+        );
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(matches!(memory.begin(k), Begin::Claimed(_)));
         assert_eq!(memory.remembered(), 0);
@@ -777,7 +805,10 @@ mod tests {
         assert!(matches!(memory.begin(key("k0")), Begin::Claimed(_)));
         assert!(matches!(memory.begin(key("k1")), Begin::Claimed(_)));
         for n in 2..5 {
-            assert_eq!(done(&memory, key(&format!("k{n}"))), Some(Reply::ok(Value::from(n))));
+            assert_eq!(
+                done(&memory, key(&format!("k{n}"))),
+                Some(Reply::ok(Value::from(n)))
+            );
         }
     }
 
@@ -789,9 +820,13 @@ mod tests {
         let Begin::Pending(Pending::Memory(mut rx)) = memory.begin(k) else {
             panic!("a second begin waits");
         };
-        let waiter = tokio::spawn(async move { rx.wait_for(Option::is_some).await.map(|r| r.clone()) });
+        let waiter =
+            tokio::spawn(async move { rx.wait_for(Option::is_some).await.map(|r| r.clone()) });
         memory.finish(k, tx, Some(&Reply::ok(Value::from(7))));
-        assert_eq!(waiter.await.unwrap().unwrap(), Some(Reply::ok(Value::from(7))));
+        assert_eq!(
+            waiter.await.unwrap().unwrap(),
+            Some(Reply::ok(Value::from(7)))
+        );
 
         // A failed first request releases the key: waiters see the channel close,
         // and the next begin claims.

@@ -101,10 +101,7 @@ fn parse_query(req: &HttpRequest, state: &AppState) -> Result<Query, ApiError> {
 }
 
 /// `GET /?func=NAME&token=API_TOKEN[&params]`: runs a scene.
-async fn trigger(
-    req: &HttpRequest,
-    state: &web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn trigger(req: &HttpRequest, state: &web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // A repeated key counts with its last value, as in PHP's `$_GET`.
     let query = parse_query(req, state)?;
     let func = match query.get("func") {
