@@ -307,7 +307,7 @@ impl Idempotency {
         let deadline = Instant::now() + IN_FLIGHT_WAIT;
         let mut first = Some(first);
         loop {
-            let pending = match self.begin(key).await? {
+            let pending = match self.begin(key).await.inspect_err(|e| self.count(e))? {
                 Begin::Claimed(claim) => {
                     let Some(first) = first.take() else {
                         return Err(internal("idempotency: the work ran already"));
@@ -317,7 +317,11 @@ impl Idempotency {
                 Begin::Done(reply) => return Ok(self.duplicate(reply)),
                 Begin::Pending(pending) => pending,
             };
-            match self.wait(pending, deadline).await? {
+            match self
+                .wait(pending, deadline)
+                .await
+                .inspect_err(|e| self.count(e))?
+            {
                 Some(reply) => return Ok(self.duplicate(reply)),
                 // Released (the first request failed before publishing, or its
                 // claim expired): claim it again, if time is left.
@@ -363,11 +367,17 @@ impl Idempotency {
     async fn begin(&self, key: IdempotencyKey) -> Result<Begin, ApiError> {
         match &self.store {
             Store::Memory(memory) => Ok(memory.begin(key)),
-            Store::Redis(redis) => redis.begin(key).await.inspect_err(|e| {
-                if e.status_code() == StatusCode::SERVICE_UNAVAILABLE {
-                    self.metrics.rejected("idempotency_unavailable");
-                }
-            }),
+            Store::Redis(redis) => redis.begin(key).await,
+        }
+    }
+
+    /// Counts a failure of the store by its status (503: Redis unavailable,
+    /// 500: a record scenecast did not write).
+    fn count(&self, error: &ApiError) {
+        match error.status_code() {
+            StatusCode::SERVICE_UNAVAILABLE => self.metrics.rejected("idempotency_unavailable"),
+            StatusCode::INTERNAL_SERVER_ERROR => self.metrics.rejected("idempotency_unreadable"),
+            _ => {}
         }
     }
 
@@ -567,7 +577,7 @@ impl RedisStore {
         ));
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the idempotency store (Redis) is unreachable: nothing was pushed; \
+            "the idempotency store (Redis) is unavailable: nothing was pushed; \
              retry with the same idempotency key",
         )
     }

@@ -368,6 +368,8 @@ async fn a_claim_left_by_a_dead_node_expires_and_the_repeat_publishes() {
     let answer = post(&server, Some("garbage"), to_home(3)).await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(answer.body["code"], 500);
+    assert_eq!(server.rejected("idempotency_in_progress").await, 1);
+    assert_eq!(server.rejected("idempotency_unreadable").await, 1);
     marker_is_next(&server, &mut home, 1).await;
     server.stop().await;
 }
