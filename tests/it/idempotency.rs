@@ -238,9 +238,10 @@ async fn bad_keys_are_refused_and_refused_requests_burn_no_key() {
     server.stop().await;
 }
 
-/// Ten identical requests at once: one push, ten identical bodies, nine duplicates.
-async fn ten_at_once(server: &TestServer, viewer: &mut WsClient, key: &str) {
-    let requests = (0..10).map(|_| post(server, Some(key), to_home(7)));
+/// Ten identical requests at once, spread over `servers`: one push, ten identical
+/// bodies, nine duplicates.
+async fn ten_at_once(servers: &[&TestServer], viewer: &mut WsClient, key: &str) {
+    let requests = (0..10).map(|i| post(servers[i % servers.len()], Some(key), to_home(7)));
     let answers = futures_util::future::join_all(requests).await;
     let firsts: Vec<&Answer> = answers.iter().filter(|a| !a.replayed).collect();
     assert_eq!(firsts.len(), 1, "one request published");
@@ -253,25 +254,31 @@ async fn ten_at_once(server: &TestServer, viewer: &mut WsClient, key: &str) {
         }
     }
     assert_eq!(viewer.recv_json().await, json!({"n": 7}));
-    marker_is_next(server, viewer, 7).await;
-    assert_eq!(duplicates_counted(server).await, 9);
+    marker_is_next(servers[0], viewer, 7).await;
+    let mut duplicates = 0;
+    for server in servers {
+        duplicates += duplicates_counted(server).await;
+    }
+    assert_eq!(duplicates, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_repeats_push_once_in_memory() {
     let server = TestServer::start(|s| s.server.workers = 2).await;
     let mut home = viewer(&server).await;
-    ten_at_once(&server, &mut home, "burst").await;
+    ten_at_once(&[&server], &mut home, "burst").await;
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_repeats_push_once_through_redis() {
+async fn concurrent_repeats_on_two_nodes_push_once() {
     let redis = RedisServer::start();
-    let server = redis_node(&redis, "idem-burst", "a").await;
-    let mut home = viewer(&server).await;
-    ten_at_once(&server, &mut home, "burst").await;
-    server.stop().await;
+    let a = redis_node(&redis, "idem-burst", "a").await;
+    let b = redis_node(&redis, "idem-burst", "b").await;
+    let mut on_b = viewer(&b).await;
+    ten_at_once(&[&a, &b], &mut on_b, "burst").await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
