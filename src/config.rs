@@ -471,6 +471,9 @@ impl Settings {
                 ),
             ));
         }
+        if self.history.idempotency_secs == 0 {
+            return Err(invalid("history.idempotency_secs", "must be at least 1"));
+        }
         if self.redis.node_ttl_secs < 2 {
             return Err(invalid("redis.node_ttl_secs", "must be at least 2"));
         }
@@ -1003,6 +1006,16 @@ mod tests {
         );
         let e = from_crate(config::ConfigError::NotFound("scenes[0]message".into()));
         assert_eq!(e.to_string(), "scenes[0].message: must be set");
+    }
+
+    #[test]
+    fn the_idempotency_window_is_at_least_a_second() {
+        let mut s = Settings::default();
+        s.history.idempotency_secs = 0;
+        let e = s.validate().expect_err("0 is refused");
+        assert!(e.to_string().contains("history.idempotency_secs"), "{e}");
+        s.history.idempotency_secs = 1;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

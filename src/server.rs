@@ -23,6 +23,7 @@ use crate::auth::Tokens;
 use crate::bus::{Bus, Fanout, RedisBus};
 use crate::config::Settings;
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::net::ConnectionCaps;
 use crate::registry::Registry;
@@ -217,6 +218,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         crate::registry::StartError::Setup(e) => StartError::Setup(e),
         crate::registry::StartError::Refused(e) => StartError::NodeIdInUse(e),
     })?;
+    let window = Duration::from_secs(settings.history.idempotency_secs);
+    let idempotency = match &commands {
+        None => Idempotency::memory(window, metrics.clone()),
+        Some(link) => Idempotency::redis(
+            link.clone(),
+            crate::redis::RedisKeys::new(&settings.redis.prefix, &node_id),
+            window,
+            metrics.clone(),
+        ),
+    };
     let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
     critical.push(("fan-out ordering", ordering));
     let bus = match commands {
@@ -256,6 +267,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 .unwrap_or_else(crate::net::auto_max_connections),
             settings.server.max_connections_per_ip,
         ),
+        idempotency,
     });
 
     critical.push((
