@@ -14,6 +14,7 @@ pub mod edge;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod idempotency;
 pub mod ingress;
 pub mod metrics;
 pub mod net;

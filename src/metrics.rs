@@ -85,6 +85,8 @@ pub struct Metrics {
     pub bus_dropped: Counter,
     /// Seconds from a push's publish to its arrival on a node's bus subscriber.
     pub bus_latency: Histogram,
+    /// Repeated idempotency keys answered with the first reply (nothing pushed).
+    pub idempotent_duplicates: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +204,12 @@ impl Metrics {
             "Time from publish to arrival on a node's bus subscriber",
             bus_latency.clone(),
         );
+        let idempotent_duplicates = Counter::default();
+        registry.register(
+            "scenecast_idempotent_duplicates",
+            "Repeated idempotency keys answered with the first reply, nothing pushed",
+            idempotent_duplicates.clone(),
+        );
         registry.register_collector(Box::new(HubCollector {
             hub: HubHandle(hub),
             pages,
@@ -217,6 +225,7 @@ impl Metrics {
             redis_reconnects,
             bus_dropped,
             bus_latency,
+            idempotent_duplicates,
         })
     }
 

@@ -343,6 +343,19 @@ impl Connection {
             && let Some(uid) = plain_id(text)
         {
             self.uid_bound = true;
+            if self.state.settings.auth.require_signed_uid {
+                // Only a JWT's `sub` binds a uid; the frame is ignored (no answer: a
+                // Workerman-style client expects none), counted and logged.
+                self.state.metrics.rejected("unsigned_uid");
+                REFUSALS.log(
+                    log::Level::Info,
+                    format_args!(
+                        "conn {} uid frame ignored: auth.require_signed_uid",
+                        self.id
+                    ),
+                );
+                return None;
+            }
             if let Some(meta) = self.state.hub.bind_uid(self.id, uid) {
                 self.state.registry.updated(self.id, &meta);
                 log::debug!("conn {} bound uid {text:?} by first frame", self.id);
