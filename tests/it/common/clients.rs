@@ -6,7 +6,8 @@
 //! ```ignore
 //! let lines = clients::node("sdk.js", &json!({"appId": "1", "key": "k", "secret": "s",
 //!     "ops": [{"op": "authorizeChannel", "socketId": "1.2", "channel": "private-a"}]})).await;
-//! let mut client = clients::Script::node("some-client.js", &args);   // long-lived
+//! let mut client = clients::Script::node("pusher-js.js", &args);     // long-lived
+//! client.send(&json!({"cmd": "subscribe", "channel": "orders"})).await; // a stdin line
 //! let event = client.next().await;                                  // next JSON line
 //! ```
 
@@ -14,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::WAIT;
 
@@ -33,6 +34,7 @@ pub fn dir() -> PathBuf {
 /// A running script; killed on drop.
 pub struct Script {
     child: Child,
+    stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
     what: String,
 }
@@ -40,21 +42,24 @@ pub struct Script {
 impl Script {
     /// `node tests/clients/{script} '<arg JSON>'`.
     pub fn node(script: &str, arg: &Value) -> Script {
-        Self::spawn("node", script, arg)
+        Self::spawn("node", script, arg, &[])
     }
 
     /// `python3 tests/clients/{script} '<arg JSON>'`.
     pub fn python(script: &str, arg: &Value) -> Script {
-        Self::spawn("python3", script, arg)
+        Self::spawn("python3", script, arg, &[])
     }
 
-    fn spawn(program: &str, script: &str, arg: &Value) -> Script {
+    /// `program` (`node`, `python3`) runs tests/clients/{script} with the one JSON
+    /// argument and extra environment variables; stdin stays open for [`Script::send`].
+    pub fn spawn(program: &str, script: &str, arg: &Value, env: &[(&str, &str)]) -> Script {
         let dir = dir();
         let mut child = Command::new(program)
             .arg(dir.join(script))
             .arg(arg.to_string())
+            .envs(env.iter().copied())
             .current_dir(&dir)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -62,9 +67,37 @@ impl Script {
             .unwrap_or_else(|e| panic!("cannot start {program} {script}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         Script {
+            stdin: child.stdin.take(),
             child,
             lines: BufReader::new(stdout).lines(),
             what: format!("{program} {script}"),
+        }
+    }
+
+    /// Writes `command` as one line to the script's stdin.
+    pub async fn send(&mut self, command: &Value) {
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        let line = format!("{command}\n");
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to script");
+        stdin.flush().await.expect("flush script stdin");
+    }
+
+    /// The next JSON line that satisfies `wanted`, skipping others; panics at the
+    /// end of the output or after `WAIT` without one.
+    pub async fn next_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let line = tokio::time::timeout(left, self.next())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no {what} within {WAIT:?}", self.what))
+                .unwrap_or_else(|| panic!("{}: ended before {what}", self.what));
+            if wanted(&line) {
+                return line;
+            }
         }
     }
 
@@ -82,6 +115,8 @@ impl Script {
 
     /// Every remaining line, after the script exited successfully.
     pub async fn finish(mut self) -> Vec<Value> {
+        // End of input: long-lived scripts exit on it.
+        drop(self.stdin.take());
         let mut lines = Vec::new();
         while let Some(line) = self.next().await {
             lines.push(line);
