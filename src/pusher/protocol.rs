@@ -16,7 +16,8 @@ use serde_json::value::RawValue;
 #[derive(Debug, Clone)]
 pub enum ClientFrame {
     /// `pusher:subscribe` `{channel, auth?, channel_data?}`. The channel is not
-    /// validated here: a bad name answers `pusher:subscription_error` for it.
+    /// validated here: a bad name answers `pusher:subscription_error` for it. An
+    /// empty `auth` (what pusher-js sends for public channels) is `None`.
     Subscribe {
         channel: String,
         auth: Option<String>,
@@ -142,7 +143,8 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 .ok_or_else(|| field("data must be {channel, auth?, channel_data?}"))?;
             Ok(ClientFrame::Subscribe {
                 channel: data.channel,
-                auth: data.auth,
+                // pusher-js sends `"auth":""` on public channels: that is no auth.
+                auth: data.auth.filter(|auth| !auth.is_empty()),
                 channel_data: data.channel_data,
             })
         }
@@ -493,6 +495,11 @@ mod tests {
                 channel_data: Some(r#"{"user_id":"1"}"#.into()),
             }
         );
+        let sub = r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"a"}}"#;
+        assert!(matches!(
+            parse(sub).unwrap(),
+            ClientFrame::Subscribe { auth: None, .. }
+        ));
         let sub = r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#;
         assert!(matches!(
             parse(sub).unwrap(),

@@ -3,7 +3,8 @@
 //! `scenecast::pusher::sign` checks: the handshake pusher-js accepts, the frames it
 //! sends (subscribe with auth and channel_data, client events, sign-in) as our parser
 //! reads them, the SDK's signatures as our checks accept them, and what pusher-js does
-//! on a 4301 error (stays connected) and a 4200 close (reconnects at once).
+//! on a 4301 error (stays connected) and a 4200 close (reconnects at once); and
+//! laravel-echo 2.5 on top of it (tests/clients/echo.mjs): listen, private, join.
 
 use std::time::{Duration, Instant};
 
@@ -274,4 +275,105 @@ async fn pusher_js_speaks_our_frames_and_signatures() {
     resubscribed.sort();
     assert_eq!(resubscribed, ["presence-room", "private-orders"]);
     js.send(&json!({"cmd": "exit"})).await;
+}
+
+#[tokio::test]
+async fn laravel_echo_listens_authorizes_and_joins_with_our_frames() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let presence = json!({"user_id": "7", "user_info": {"name": "Ann"}});
+    let mut echo = Script::node(
+        "echo.mjs",
+        &json!({"key": KEY, "host": "127.0.0.1", "port": port, "secret": SECRET, "presence": presence}),
+    );
+    let (mut ws, uri) = accept(&listener).await;
+    assert!(uri.starts_with(&format!("/app/{KEY}?protocol=7")), "{uri}");
+    send(&mut ws, protocol::connection_established("5.6", 30)).await;
+    assert_eq!(
+        echo.next_where("connected", is("connected")).await["socket_id"],
+        "5.6"
+    );
+
+    // Echo.channel('orders').listen('.order.paid'): a public subscribe, then the event.
+    echo.send(&json!({"cmd": "channel", "channel": "orders", "event": ".order.paid"}))
+        .await;
+    let ClientFrame::Subscribe { channel, auth, .. } = next_frame(&mut ws).await else {
+        panic!("expected a subscribe")
+    };
+    assert_eq!((channel.as_str(), auth), ("orders", None));
+    send(&mut ws, protocol::subscription_succeeded("orders", None)).await;
+    echo.next_where("subscribed", is("subscribed")).await;
+    send(
+        &mut ws,
+        protocol::channel_event("order.paid", "orders", r#"{"order":{"id":5}}"#),
+    )
+    .await;
+    let heard = echo.next_where("listen", is("listen")).await;
+    assert_eq!(heard["data"], json!({"order": {"id": 5}}));
+
+    // Echo.private('orders') subscribes private-orders with an auth we accept.
+    echo.send(&json!({"cmd": "private", "channel": "orders", "event": ".shipped"}))
+        .await;
+    let ClientFrame::Subscribe { channel, auth, .. } = next_frame(&mut ws).await else {
+        panic!("expected a subscribe")
+    };
+    assert_eq!(channel, "private-orders");
+    assert_eq!(
+        check_channel_auth(KEY, SECRET, "5.6", &channel, None, auth.as_deref()),
+        Ok(())
+    );
+    // A refused subscription reaches Echo's .error().
+    echo.send(&json!({"cmd": "private", "channel": "secret"}))
+        .await;
+    let ClientFrame::Subscribe { channel, .. } = next_frame(&mut ws).await else {
+        panic!("expected a subscribe")
+    };
+    send(
+        &mut ws,
+        protocol::subscription_error(&channel, "AuthError", "invalid signature", 401),
+    )
+    .await;
+    let refused = echo.next_where("error", is("error")).await;
+    assert_eq!(refused["channel"], "secret");
+    assert_eq!(refused["error"]["status"], 401);
+
+    // Echo.join('room'): here() lists our members, joining()/leaving() follow.
+    echo.send(&json!({"cmd": "join", "channel": "room"})).await;
+    let ClientFrame::Subscribe {
+        channel,
+        auth,
+        channel_data,
+    } = next_frame(&mut ws).await
+    else {
+        panic!("expected a subscribe")
+    };
+    assert_eq!(channel, "presence-room");
+    let data = channel_data.expect("channel_data");
+    assert_eq!(
+        check_channel_auth(KEY, SECRET, "5.6", &channel, Some(&data), auth.as_deref()),
+        Ok(())
+    );
+    let ann = RawValue::from_string(r#"{"name":"Ann"}"#.into()).unwrap();
+    let bob = RawValue::from_string(r#"{"name":"Bob"}"#.into()).unwrap();
+    let members = Presence {
+        members: vec![("7", &ann), ("8", &bob)],
+    };
+    send(
+        &mut ws,
+        protocol::subscription_succeeded(&channel, Some(&members)),
+    )
+    .await;
+    let here = echo.next_where("here", is("here")).await;
+    assert_eq!(here["members"], json!([{"name": "Ann"}, {"name": "Bob"}]));
+    send(&mut ws, protocol::member_added(&channel, "9", &bob)).await;
+    assert_eq!(
+        echo.next_where("joining", is("joining")).await["member"],
+        json!({"name": "Bob"})
+    );
+    send(&mut ws, protocol::member_removed(&channel, "8")).await;
+    assert_eq!(
+        echo.next_where("leaving", is("leaving")).await["member"],
+        json!({"name": "Bob"})
+    );
+    echo.send(&json!({"cmd": "exit"})).await;
 }
