@@ -168,8 +168,9 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     /// Starts the sender on the current tokio runtime for `apps` (those without
-    /// webhooks are skipped: their events are dropped without counting).
-    pub fn start(apps: &[PusherApp], options: WebhookOptions) -> Self {
+    /// webhooks are skipped: their events are dropped without counting). Fails only
+    /// when the HTTP client cannot be built (no TLS roots on the system, say).
+    pub fn start(apps: &[PusherApp], options: WebhookOptions) -> Result<Self, reqwest::Error> {
         let hooks: HashMap<Arc<str>, Arc<AppHooks>> = apps
             .iter()
             .filter(|a| !a.webhooks.is_empty())
@@ -184,12 +185,14 @@ impl WebhookSender {
             .collect();
         let (queue, rx) = mpsc::channel(options.queue.max(1));
         let stats = Arc::new(WebhookStats::default());
+        // reqwest is built without a default TLS crypto provider (Cargo.toml): ring's,
+        // unless the process installed one already (then this is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(options.timeout)
-            .build()
-            .unwrap_or_default();
+            .build()?;
         tokio::spawn(run(rx, hooks, options, client, stats.clone()));
-        Self { queue, stats }
+        Ok(Self { queue, stats })
     }
 
     /// Queues `event` for app `app_id`; never waits. `false` when the queue is full

@@ -68,7 +68,7 @@ async fn node_sdk_says_valid(request: &Captured, body: &str) -> bool {
 async fn events_are_batched_signed_and_the_node_sdk_verifies_them() {
     let mut receiver = HttpCapture::start(vec![]).await;
     let url = format!("http://{}/pusher/webhook", receiver.addr);
-    let sender = WebhookSender::start(&[app(vec![(url, vec![])])], fast());
+    let sender = WebhookSender::start(&[app(vec![(url, vec![])])], fast()).unwrap();
     assert!(sender.send("9", WebhookEvent::channel_occupied("orders")));
     assert!(sender.send("9", WebhookEvent::member_added("presence-room", "7")));
     assert!(sender.send(
@@ -115,7 +115,7 @@ async fn events_are_batched_signed_and_the_node_sdk_verifies_them() {
 async fn a_500_is_retried_with_the_same_signed_batch() {
     let mut receiver = HttpCapture::start(vec![(500, "{\"error\":\"busy\"}"), (503, "")]).await;
     let url = format!("http://{}/hook", receiver.addr);
-    let sender = WebhookSender::start(&[app(vec![(url, vec![])])], fast());
+    let sender = WebhookSender::start(&[app(vec![(url, vec![])])], fast()).unwrap();
     sender.send("9", WebhookEvent::channel_vacated("orders"));
     let first = receiver.next().await;
     let second = receiver.next().await;
@@ -146,7 +146,7 @@ async fn attempts_are_bounded_and_a_4xx_is_not_retried() {
         attempts: 3,
         ..fast()
     };
-    let sender = WebhookSender::start(&[app(targets)], options);
+    let sender = WebhookSender::start(&[app(targets)], options).unwrap();
     sender.send("9", WebhookEvent::cache_miss("cache-x"));
     for _ in 0..3 {
         failing.next().await;
@@ -177,7 +177,7 @@ async fn each_receiver_gets_only_the_events_it_lists() {
         ),
         (format!("http://{}/all", all.addr), vec![]),
     ];
-    let sender = WebhookSender::start(&[app(targets)], fast());
+    let sender = WebhookSender::start(&[app(targets)], fast()).unwrap();
     sender.send("9", WebhookEvent::channel_occupied("orders"));
     sender.send("9", WebhookEvent::channel_vacated("orders"));
     let names = |request: &Captured| -> Vec<String> {
@@ -220,7 +220,8 @@ async fn a_full_queue_drops_and_counts_without_blocking_the_caller() {
         timeout: Duration::from_secs(30),
         ..fast()
     };
-    let sender = WebhookSender::start(&[app(vec![(format!("http://{addr}/"), vec![])])], options);
+    let sender =
+        WebhookSender::start(&[app(vec![(format!("http://{addr}/"), vec![])])], options).unwrap();
     // The first batch takes the only delivery slot and hangs.
     assert!(sender.send("9", WebhookEvent::channel_occupied("a")));
     tokio::time::timeout(crate::common::WAIT, accepted.recv())
@@ -237,4 +238,38 @@ async fn a_full_queue_drops_and_counts_without_blocking_the_caller() {
     assert_eq!(accepted_sends, 2, "the queue holds 2");
     assert_eq!(sender.stats().dropped.load(Ordering::Relaxed), 8);
     assert!(took < Duration::from_millis(50), "send waited {took:?}");
+}
+
+#[tokio::test]
+async fn an_https_receiver_is_spoken_to_in_tls() {
+    // A plain TCP listener: the first bytes must be a TLS handshake record (0x16),
+    // which the sender then gives up on as a failed attempt (no panic, no plain text).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (first_tx, mut first) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut byte = [0u8; 1];
+            if socket.read_exact(&mut byte).await.is_ok() {
+                let _ = first_tx.send(byte[0]);
+            }
+        }
+    });
+    let options = WebhookOptions {
+        attempts: 2,
+        ..fast()
+    };
+    let url = format!("https://{addr}/hook");
+    let sender = WebhookSender::start(&[app(vec![(url, vec![])])], options).unwrap();
+    sender.send("9", WebhookEvent::channel_occupied("orders"));
+    let byte = tokio::time::timeout(crate::common::WAIT, first.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(byte, 0x16, "not a TLS ClientHello");
+    crate::common::eventually("the https batch given up", || async {
+        (sender.stats().failed.load(Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
 }
