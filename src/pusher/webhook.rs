@@ -185,9 +185,6 @@ impl WebhookSender {
             .collect();
         let (queue, rx) = mpsc::channel(options.queue.max(1));
         let stats = Arc::new(WebhookStats::default());
-        // reqwest is built without a default TLS crypto provider (Cargo.toml): ring's,
-        // unless the process installed one already (then this is a no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(options.timeout)
             .build()?;
