@@ -133,8 +133,10 @@ pub fn webhook_signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// An HTTP API request as it arrived: `path` is the full path the SDK signed
-/// (`/apps/{id}/events`, without any proxy prefix), `query` the raw query string
-/// (percent-encoded or not: the Node SDK sends values raw, the Python SDK encodes).
+/// (`/apps/{id}/events`, without any proxy prefix), as on the wire: not
+/// percent-decoded, since the SDKs sign the path they send (`/channels/{name}` with
+/// the name as given); `query` the raw query string (percent-encoded or not: the
+/// Node SDK sends values raw, the Python SDK encodes them; both sign decoded values).
 #[derive(Debug, Clone, Copy)]
 pub struct ApiRequest<'a> {
     pub method: &'a str,
