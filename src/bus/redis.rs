@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use super::{Fanout, Published};
 use crate::config::{HistorySettings, RedisSettings};
-use crate::history::redis::{PUBLISH, READ, parse_read, target_fields, target_from_fields};
+use crate::history::redis::{PUBLISH, READ, eval, parse_read, target_fields, target_from_fields};
 use crate::history::{Read, Stamp, epoch_text, new_epoch, parse_epoch};
 use crate::metrics::Metrics;
 use crate::push::{ConnKey, Push, Target};
@@ -209,12 +209,14 @@ impl RedisBus {
                 // at most one matches.
                 Target::Conn(_) => ("one", shared.keys.conns()),
             };
-            let mut script = PUBLISH.prepare_invoke();
+            let keys = [
+                shared.keys.history_epoch(),
+                shared.keys.history(),
+                count_key,
+                shared.keys.nodes(),
+            ];
+            let mut script = eval(PUBLISH, &keys);
             script
-                .key(shared.keys.history_epoch())
-                .key(shared.keys.history())
-                .key(count_key)
-                .key(shared.keys.nodes())
                 .arg(epoch_text(new_epoch()))
                 .arg(shared.history.size)
                 .arg(count_kind)
@@ -274,10 +276,9 @@ impl RedisBus {
         if let Some(down) = shared.commands.down() {
             return Err(down);
         }
-        let mut script = READ.prepare_invoke();
+        let keys = [shared.keys.history_epoch(), shared.keys.history()];
+        let mut script = eval(READ, &keys);
         script
-            .key(shared.keys.history_epoch())
-            .key(shared.keys.history())
             .arg(epoch_text(new_epoch()))
             .arg(since.map(|s| epoch_text(s.epoch)).unwrap_or_default())
             .arg(since.map(|s| s.offset.to_string()).unwrap_or_default())

@@ -18,21 +18,31 @@
 //! What comes back from Redis is parsed without panicking; an entry that does not
 //! parse makes the replay fail (`recovered:false`), never a partial one.
 
-use std::sync::LazyLock;
-
 use bytestring::ByteString;
 use redis::Value;
 
 use super::{Entry, Read, Stamp};
 use crate::push::{ConnKey, Name, Target};
 
+/// `EVAL script numkeys keys...`, to which the caller adds the script's ARGV.
+///
+/// `EVAL` with the script's text every time, not `EVALSHA`: a publish that times
+/// out while Redis is stalled may still run later, and is then skipped as an echo
+/// on this node (see [`crate::bus::RedisBus`]); an `EVALSHA` that Redis answered
+/// with `NOSCRIPT` after the caller gave up (its script cache was empty: the
+/// first publish after a restart) would never run, and the other nodes would never
+/// get the push. Redis caches the compiled script by its hash either way.
+pub fn eval(script: &str, keys: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys);
+    cmd
+}
+
 /// KEYS: epoch hash, stream, count key (hash or set), nodes set.
 /// ARGV: candidate epoch, size, count kind (`hlen`/`scard`/`one`), envelope head,
 /// envelope tail, target kind, target key, exclude, payload, channel.
 /// Returns `{epoch, offset, matched, nodes, listening, stream length}`.
-pub static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
+pub const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -59,16 +69,12 @@ end
 local nodes = redis.call('SCARD', KEYS[4])
 local listening = redis.call('PUBLISH', ARGV[10], ARGV[4] .. epoch .. ':' .. id .. ':' .. ARGV[5] .. ARGV[9])
 return {epoch, offset, matched, nodes, listening, len}
-",
-    )
-});
+";
 
 /// KEYS: epoch hash, stream. ARGV: candidate epoch, since's epoch (or empty),
 /// since's offset (or empty), ttl in ms.
 /// Returns `{epoch, head, entries or false}`.
-pub static READ: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
+pub const READ: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -99,9 +105,7 @@ for i = 1, #first, 2 do
   end
 end
 return {epoch, head, entries}
-",
-    )
-});
+";
 
 /// The target fields of a stream entry and of the envelope: kind and key.
 pub fn target_fields(target: &Target) -> (&'static str, String) {

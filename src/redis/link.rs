@@ -383,16 +383,6 @@ impl Query for redis::Cmd {
     }
 }
 
-impl Query for redis::ScriptInvocation<'_> {
-    fn run<T: FromRedisValue + Send>(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
-        // EVALSHA, and EVAL once when Redis does not know the script (a restart).
-        self.invoke_async(conn)
-    }
-}
-
 impl Query for redis::Pipeline {
     fn run<T: FromRedisValue + Send>(
         &self,
