@@ -487,7 +487,7 @@ mod tests {
             assert_eq!((back.origin, back.seq, back.sent_micros), (0xabc, 7, 42));
         }
         let text = encode(&Push::new(Target::All, "{}"), stamp, 1, 2, 3);
-        assert_eq!(text, "a3:1:2:000000000000feed:12:::0:{}");
+        assert_eq!(text, "a3:1:2:000000000000feed:12::0:{}");
     }
 
     #[test]
