@@ -231,7 +231,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
     critical.push(("fan-out ordering", ordering));
     let bus = match commands {
-        None => Bus::embedded(fanout),
+        None => Bus::embedded(fanout, &settings.history),
         Some(commands) => {
             critical.push((
                 "commands link prober",
@@ -239,6 +239,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             ));
             let (bus, tasks) = RedisBus::start(
                 &settings.redis,
+                &settings.history,
                 commands,
                 &node_id,
                 origin,

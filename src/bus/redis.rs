@@ -2,12 +2,16 @@
 //!
 //! Every node subscribes to `{prefix}:push` once, on its subscription [`Link`]; a
 //! publish goes out on the node's command link (shared with the registry) as one
-//! `MULTI` with the cluster-wide count of matching connections, the number of
-//! registered nodes and the `PUBLISH`, so the number the caller gets back is the
-//! number of open connections, on all nodes, that matched the target when the push
-//! was published, and `cluster_wide` says whether every registered node was
-//! listening. Each node — the publisher included — delivers what its subscription
-//! receives, so no node delivers a push twice.
+//! Lua script ([`crate::history::redis::PUBLISH`]) that gives the push the next
+//! offset of the cluster's history, appends it to the history stream, `PUBLISH`es
+//! the envelope (now carrying epoch and offset) and returns the cluster-wide count
+//! of matching connections and the number of registered nodes, so the number the
+//! caller gets back is the number of open connections, on all nodes, that matched
+//! the target when the push was published, and `cluster_wide` says whether every
+//! registered node was listening. One script, so the order of the `PUBLISH`es is
+//! the order of the offsets on every subscriber. Each node — the publisher
+//! included — delivers what its subscription receives, so no node delivers a push
+//! twice.
 //!
 //! When the link is down the node keeps serving its own clients: a publish goes to
 //! this node's hub and says so (`cluster_wide: false`). When a publish fails on the
@@ -30,15 +34,21 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::{Fanout, Published};
-use crate::config::RedisSettings;
+use crate::config::{HistorySettings, RedisSettings};
+use crate::history::redis::{PUBLISH, READ, eval, parse_read, target_fields, target_from_fields};
+use crate::history::{Read, Stamp, epoch_text, new_epoch, parse_epoch};
 use crate::metrics::Metrics;
-use crate::push::{Name, Push, Target};
+use crate::push::{ConnKey, Push, Target};
 use crate::redis::link::Subscription;
 use crate::redis::{Link, LinkDown, LogEvery, RedisKeys, unix_micros};
 
 /// Messages from Redis waiting for this node's fan-out; past this they are dropped
 /// and counted.
 pub const HANDOFF: usize = 4096;
+/// How often the history's head is read to find pushes this node's subscription
+/// never delivered (see [`watch_holes`]); a head must have arrived one period
+/// after it was read.
+const HOLE_CHECK: Duration = Duration::from_secs(2);
 /// How long `/healthz` reports dropped messages after the last drop.
 const DROP_REPORT: Duration = Duration::from_secs(30);
 /// Sequence numbers of pushes delivered here after a failed publish, kept until
@@ -49,6 +59,7 @@ static PUBLISH_FAILED: LogEvery = LogEvery::new(Duration::from_secs(5));
 static NOT_ALL_LISTENING: LogEvery = LogEvery::new(Duration::from_secs(10));
 static DROPPED: LogEvery = LogEvery::new(Duration::from_secs(5));
 static MALFORMED: LogEvery = LogEvery::new(Duration::from_secs(5));
+static GAP: LogEvery = LogEvery::new(Duration::from_secs(5));
 
 struct Shared {
     keys: RedisKeys,
@@ -69,6 +80,12 @@ struct Shared {
     /// `server.max_message_bytes`: a bus message carrying more than any ingress
     /// accepts was not published by a node, and is refused like other garbage.
     max_payload: usize,
+    history: HistorySettings,
+    /// The newest position this node has had from Redis: from the envelopes its
+    /// subscription delivered, and from history reads (see [`Shared::advance`]).
+    last: Mutex<Option<Stamp>>,
+    /// Holes found so far (see [`super::Bus::holes`]).
+    holes: AtomicU64,
 }
 
 /// A bus latency above this (or a send time in the future) comes from another
@@ -95,17 +112,21 @@ pub struct RedisBus {
 #[derive(Debug)]
 struct Envelope {
     push: Push,
+    /// The push's place in the history (set by the publish script).
+    stamp: Option<Stamp>,
     origin: u64,
     seq: u64,
     sent_micros: u64,
 }
 
 impl RedisBus {
-    /// Opens the subscription link and returns the bus with its two critical tasks
-    /// (the link's prober and the delivery task); until the first subscription,
+    /// Opens the subscription link and returns the bus with its critical tasks
+    /// (the link's prober, the delivery task, the history hole watch); until the first subscription,
     /// publishes are delivered locally. Publishes go through `commands`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: &RedisSettings,
+        history: &HistorySettings,
         commands: Link,
         node: &str,
         origin: u64,
@@ -137,6 +158,9 @@ impl RedisBus {
             echoes: Mutex::new(VecDeque::new()),
             dropped,
             max_payload,
+            history: history.clone(),
+            last: Mutex::new(None),
+            holes: AtomicU64::new(0),
         });
         let tasks = vec![
             (
@@ -147,8 +171,17 @@ impl RedisBus {
                 "bus delivery",
                 tokio::spawn(deliver(shared.clone(), received)),
             ),
+            (
+                "history hole watch",
+                tokio::spawn(watch_holes(shared.clone())),
+            ),
         ];
         Ok((Self { shared }, tasks))
+    }
+
+    /// See [`super::Bus::holes`].
+    pub fn holes(&self) -> u64 {
+        self.shared.holes.load(Ordering::SeqCst)
     }
 
     /// This node's fan-out, which delivers what the subscription receives.
@@ -187,14 +220,42 @@ impl RedisBus {
         let shared = &self.shared;
         if self.is_up() {
             let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-            let envelope = encode(&push, shared.origin, seq, unix_micros());
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .add_command(shared.keys.count(&push.target))
-                .scard(shared.keys.nodes())
-                .publish(&shared.channel, envelope);
-            match shared.commands.query::<(usize, usize, usize)>(&pipe).await {
-                Ok((matched, nodes, listening)) => {
+            let (head, tail) = encode_parts(&push, shared.origin, seq, unix_micros());
+            let (kind, key) = target_fields(&push.target);
+            let (count_kind, count_key) = match &push.target {
+                Target::All => ("hlen", shared.keys.conns()),
+                Target::Page(page) => ("scard", shared.keys.page(page)),
+                Target::Uid(uid) => ("scard", shared.keys.uid(uid)),
+                // The registry does not index connections by their cluster-wide id:
+                // at most one matches.
+                Target::Conn(_) => ("one", shared.keys.conns()),
+            };
+            let keys = [
+                shared.keys.history_epoch(),
+                shared.keys.history(),
+                count_key,
+                shared.keys.nodes(),
+            ];
+            let mut script = eval(PUBLISH, &keys);
+            script
+                .arg(epoch_text(new_epoch()))
+                .arg(shared.history.size)
+                .arg(count_kind)
+                .arg(head)
+                .arg(tail)
+                .arg(kind)
+                .arg(key)
+                .arg(push.exclude.map(|c| c.to_string()).unwrap_or_default())
+                .arg(&*push.payload)
+                .arg(&shared.channel);
+            let published = shared
+                .commands
+                .query::<(String, u64, usize, usize, usize, i64)>(&script)
+                .await;
+            match published {
+                Ok((epoch, offset, matched, nodes, listening, len)) => {
+                    shared.metrics.history_size.set(len);
+                    let stamp = parse_epoch(&epoch).map(|epoch| Stamp { epoch, offset });
                     let everyone = listening >= nodes;
                     if !everyone && let Some(suppressed) = NOT_ALL_LISTENING.admit() {
                         log::warn!(
@@ -205,6 +266,7 @@ impl RedisBus {
                     return Published {
                         delivered: matched,
                         cluster_wide: everyone,
+                        stamp,
                     };
                 }
                 Err(e) => {
@@ -223,6 +285,47 @@ impl RedisBus {
         Published {
             delivered: shared.fanout.push_counted(push).await,
             cluster_wide: false,
+            stamp: None,
+        }
+    }
+
+    /// See [`super::Bus::read_history`]: one script call reads the epoch, the
+    /// head and the replay together (creating the epoch when Redis lost it), so the
+    /// welcome never pairs a new epoch with an old offset.
+    pub async fn read_history(&self, since: Option<Stamp>) -> Result<Read, LinkDown> {
+        let shared = &self.shared;
+        // Both links: a position read while this node's subscription is down would
+        // be followed by pushes it never receives.
+        if let Some(down) = shared.link.down().or_else(|| shared.commands.down()) {
+            return Err(down);
+        }
+        let keys = [shared.keys.history_epoch(), shared.keys.history()];
+        let mut script = eval(READ, &keys);
+        script
+            .arg(epoch_text(new_epoch()))
+            .arg(since.map(|s| epoch_text(s.epoch)).unwrap_or_default())
+            .arg(since.map(|s| s.offset.to_string()).unwrap_or_default())
+            .arg(shared.history.ttl_secs.saturating_mul(1000));
+        let failed = |reason: String| LinkDown {
+            link: "commands",
+            since: unix_micros() / 1_000_000,
+            reason,
+        };
+        match shared.commands.query::<Value>(&script).await {
+            Ok(reply) => {
+                let read = parse_read(&reply).ok_or_else(|| {
+                    shared.metrics.rejected("history_reply");
+                    failed("unexpected history reply".into())
+                })?;
+                if shared.read_head(read.head) {
+                    shared.resume_all(read.head);
+                }
+                Ok(read)
+            }
+            Err(e) => {
+                shared.metrics.redis_errors.inc();
+                Err(failed(format!("history read failed: {e}")))
+            }
         }
     }
 }
@@ -252,6 +355,81 @@ fn handoff(
 }
 
 impl Shared {
+    /// Takes the position of an envelope this node's subscription delivered; true
+    /// when pushes before it never arrived here: an offset hole in the same epoch,
+    /// or a new epoch (Redis lost the history).
+    fn advance(&self, stamp: Stamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let gap = match *last {
+            Some(l) if l.epoch == stamp.epoch => stamp.offset > l.offset.saturating_add(1),
+            Some(_) => true,
+            None => false,
+        };
+        match *last {
+            Some(l) if l.epoch == stamp.epoch && l.offset >= stamp.offset => {}
+            _ => *last = Some(stamp),
+        }
+        gap
+    }
+
+    /// Takes the head a history read found. Before any envelope, it is where the
+    /// subscription must go on from (every push up to it was published before the
+    /// read). Later reads do not move the position: a read past a hole would hide
+    /// it from the connections that missed its pushes. True when the head is in a
+    /// new epoch: Redis lost the history.
+    fn read_head(&self, head: Stamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(l) if l.epoch == head.epoch => false,
+            Some(_) => {
+                *last = Some(head);
+                true
+            }
+            None => {
+                *last = Some(head);
+                false
+            }
+        }
+    }
+
+    /// Whether the subscription is behind `head`, a head read a while ago: the
+    /// pushes up to it should have arrived by now. A new epoch counts too (Redis
+    /// lost the history while no push came). Moves the position to `head` when so,
+    /// so that one hole is reported once.
+    fn behind(&self, head: Stamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let behind = match *last {
+            Some(l) if l.epoch == head.epoch => l.offset < head.offset,
+            Some(_) => true,
+            // Nothing delivered nor read yet: no recover connection to protect.
+            None => false,
+        };
+        if behind {
+            *last = Some(head);
+        }
+        behind
+    }
+
+    /// Asks this node's recover connections to reconnect: pushes before `at`
+    /// never reached it, or the history was lost.
+    fn resume_all(&self, at: Stamp) {
+        // First: a connection between its read and its release checks this.
+        self.holes.fetch_add(1, Ordering::SeqCst);
+        let closed = self.fanout.hub().close_recovering(
+            crate::history::RESUME_CODE,
+            "missed pushes: reconnect with your position",
+        );
+        if let Some(suppressed) = GAP.admit() {
+            log::warn!(
+                "pushes before offset {} (epoch {}) never reached this node, or the history \
+                 was lost; {closed} recover connection(s) asked to reconnect and recover \
+                 ({suppressed} similar since the last warning)",
+                at.offset,
+                epoch_text(at.epoch)
+            );
+        }
+    }
+
     fn expect_echo(&self, seq: u64) {
         let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
         if echoes.len() >= ECHOES {
@@ -273,6 +451,41 @@ impl Shared {
     }
 }
 
+/// Reads the history's head every [`HOLE_CHECK`] and, one period later, checks
+/// that the subscription delivered up to it: pushes published while this node's
+/// subscription was down (and none after them) would otherwise go unnoticed until
+/// the next push, leaving its recover connections silently behind. A critical task.
+async fn watch_holes(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HOLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: Option<Stamp> = None;
+    loop {
+        tick.tick().await;
+        if !(shared.link.is_up() && shared.commands.is_up()) {
+            // Down: compare again from a head read once both are back.
+            previous = None;
+            continue;
+        }
+        if let Some(head) = previous.take()
+            && shared.behind(head)
+        {
+            shared.resume_all(head);
+        }
+        let mut read = redis::cmd("HMGET");
+        read.arg(shared.keys.history_epoch())
+            .arg("epoch")
+            .arg("offset");
+        if let Ok((Some(epoch), Some(offset))) = shared
+            .commands
+            .query::<(Option<String>, Option<u64>)>(&read)
+            .await
+            && let Some(epoch) = parse_epoch(&epoch)
+        {
+            previous = Some(Stamp { epoch, offset });
+        }
+    }
+}
+
 /// The delivery task: takes messages off the hand-off in order and gives each to
 /// this node's fan-out. A critical task.
 async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
@@ -288,6 +501,21 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
         }
         match decode(payload).filter(|e| e.push.payload.len() <= shared.max_payload) {
             Some(envelope) => {
+                if let Some(stamp) = envelope.stamp
+                    && shared.advance(stamp)
+                {
+                    let closed = shared.fanout.hub().close_recovering(
+                        crate::history::RESUME_CODE,
+                        "missed pushes: reconnect with your position",
+                    );
+                    if let Some(suppressed) = GAP.admit() {
+                        log::warn!(
+                            "pushes before offset {} (epoch {}) never reached this node;                              {closed} recover connection(s) asked to reconnect and recover                              ({suppressed} similar since the last warning)",
+                            stamp.offset,
+                            epoch_text(stamp.epoch)
+                        );
+                    }
+                }
                 if envelope.origin == shared.origin && shared.is_echo(envelope.seq) {
                     continue;
                 }
@@ -295,7 +523,10 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
                 if let Some(elapsed) = elapsed.filter(|&e| e < MAX_PLAUSIBLE_LATENCY_MICROS) {
                     shared.metrics.bus_latency.observe(elapsed as f64 / 1e6);
                 }
-                shared.fanout.push(envelope.push).await;
+                shared
+                    .fanout
+                    .push_stamped(envelope.push, envelope.stamp)
+                    .await;
             }
             None => {
                 shared.metrics.rejected("bus_message");
@@ -311,22 +542,30 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
 }
 
 /// Wire format on the channel:
-/// `{kind}{sent_micros}:{origin:x}:{seq}:{key_len}:{key}{payload}` with kind `a`
-/// (all), `p` (page) or `u` (uid); `origin` tells this process's envelopes from
-/// others', `seq` numbers them. Length-prefixed so that page and uid names may
-/// contain any character, and the payload is carried without re-escaping.
-fn encode(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> String {
-    let (kind, key) = match &push.target {
-        Target::All => ('a', ""),
-        Target::Page(page) => ('p', &**page),
-        Target::Uid(uid) => ('u', &**uid),
-    };
-    let mut out = String::with_capacity(push.payload.len() + key.len() + 64);
-    out.push(kind);
-    out.push_str(&format!("{sent_micros}:{origin:x}:{seq}:{}:", key.len()));
-    out.push_str(key);
-    out.push_str(&push.payload);
-    out
+/// `{kind}{sent_micros}:{origin:x}:{seq}:{epoch}:{offset}:{exclude}:{key_len}:{key}{payload}`
+/// with kind `a` (all), `p` (page), `u` (uid) or `c` (conn); `origin` tells this
+/// process's envelopes from others', `seq` numbers them; `epoch` (16 hex digits)
+/// and `offset` (decimal) are the push's place in the history, written by the
+/// publish script; `exclude` a connection id or empty. Length-prefixed so that page
+/// and uid names may contain any character, and the payload is carried without
+/// re-escaping.
+#[cfg(test)]
+fn encode(push: &Push, stamp: Option<Stamp>, origin: u64, seq: u64, sent_micros: u64) -> String {
+    let (head, tail) = encode_parts(push, origin, seq, sent_micros);
+    let (epoch, offset) = stamp.map_or((String::new(), String::new()), |s| {
+        (epoch_text(s.epoch), s.offset.to_string())
+    });
+    format!("{head}{epoch}:{offset}:{tail}{}", push.payload)
+}
+
+/// The envelope around the epoch and offset that the publish script puts in:
+/// what comes before them, and what comes after them up to the payload.
+fn encode_parts(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> (String, String) {
+    let (kind, key) = target_fields(&push.target);
+    let head = format!("{kind}{sent_micros}:{origin:x}:{seq}:");
+    let exclude = push.exclude.map(|c| c.to_string()).unwrap_or_default();
+    let tail = format!("{exclude}:{}:{key}", key.len());
+    (head, tail)
 }
 
 /// Parses an envelope; `None` for anything else (bytes on the channel come from
@@ -337,20 +576,37 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
     let (sent, rest) = rest.split_once(':')?;
     let (origin, rest) = rest.split_once(':')?;
     let (seq, rest) = rest.split_once(':')?;
+    let (epoch, rest) = rest.split_once(':')?;
+    let (offset, rest) = rest.split_once(':')?;
+    let (exclude, rest) = rest.split_once(':')?;
     let (key_len, rest) = rest.split_once(':')?;
     let key_len: usize = key_len.parse().ok()?;
     let (key, payload) = rest.split_at_checked(key_len)?;
     if payload.is_empty() {
         return None; // no ingress publishes an empty frame
     }
-    let target = match kind {
-        "a" if key.is_empty() => Target::All,
-        "p" => Target::Page(Name::try_from(key).ok()?),
-        "u" => Target::Uid(Name::try_from(key).ok()?),
-        _ => return None,
+    let stamp = match (epoch, offset) {
+        ("", "") => None,
+        (epoch, offset) => Some(Stamp {
+            epoch: parse_epoch(epoch)?,
+            offset: offset
+                .parse()
+                .ok()
+                .filter(|_| offset.bytes().all(|b| b.is_ascii_digit()))?,
+        }),
     };
+    let exclude = match exclude {
+        "" => None,
+        text => Some(ConnKey::parse(text).ok()?),
+    };
+    let push = Push::new(
+        target_from_fields(kind, key)?,
+        ByteString::from(payload.to_owned()),
+    )
+    .excluding(exclude);
     Some(Envelope {
-        push: Push::new(target, ByteString::from(payload.to_owned())),
+        push,
+        stamp,
         origin: u64::from_str_radix(origin, 16).ok()?,
         seq: seq.parse().ok()?,
         sent_micros: sent.parse().ok()?,
@@ -360,42 +616,133 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::Name;
     use proptest::prelude::*;
 
     #[test]
     fn envelopes_round_trip_any_target_name() {
+        let stamp = Some(Stamp {
+            epoch: 0xfeed,
+            offset: 12,
+        });
         for target in [
             Target::All,
             Target::Page(Name::try_from("home").unwrap()),
             Target::Uid(Name::try_from("名前:with:colons").unwrap()),
+            Target::Conn(ConnKey { node: 9, local: 1 }),
         ] {
-            let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#);
-            let back = decode(encode(&push, 0xabc, 7, 42).as_bytes()).unwrap();
+            let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#)
+                .excluding(Some(ConnKey { node: 3, local: 4 }));
+            let back = decode(encode(&push, stamp, 0xabc, 7, 42).as_bytes()).unwrap();
             assert_eq!(back.push.target, target);
             assert_eq!(back.push.payload, push.payload);
+            assert_eq!(back.push.exclude, push.exclude);
+            assert_eq!(back.stamp, stamp);
             assert_eq!((back.origin, back.seq, back.sent_micros), (0xabc, 7, 42));
         }
+        let text = encode(&Push::new(Target::All, "{}"), stamp, 1, 2, 3);
+        assert_eq!(text, "a3:1:2:000000000000feed:12::0:{}");
     }
 
     #[test]
     fn malformed_envelopes_are_refused() {
+        assert!(decode(b"a1:0:0::::0:{}").is_some(), "the well-formed base");
         for bad in [
             "",
             "é",
-            "é1:0:0:0:{}",
-            "pé:0:0:1:é{}",
-            "p1:0:0:1:é",
-            "x1:0:0:0:{}",
-            "p1:0:0:9:home{}",
-            "a1:x:0:0:{}",
-            "a1:0:x:0:{}",
-            "p1:0:0:0:{}",
-            "a1:0:0:2:ab{}",
-            "a1:0:0:0:",
-            "p1:0:0:4:home",
+            "é1:0:0::::0:{}",
+            "pé:0:0::::1:é{}",
+            "p1:0:0::::1:é",
+            "x1:0:0::::0:{}",
+            "p1:0:0::::9:home{}",
+            "a1:x:0::::0:{}",
+            "a1:0:x::::0:{}",
+            "p1:0:0::::0:{}",
+            "a1:0:0::::2:ab{}",
+            "a1:0:0::::0:",
+            "p1:0:0::::4:home",
+            "a1:0:0:000000000000feed:::0:{}",
+            "a1:0:0::5::0:{}",
+            "a1:0:0:FEED000000000000:5::0:{}",
+            "a1:0:0:000000000000feed:+5::0:{}",
+            "a1:0:0::::x:0:{}",
+            "c1:0:0::::3:1-2{}",
+            "a1:0:0:0:{}",
         ] {
             assert!(decode(bad.as_bytes()).is_none(), "{bad:?}");
         }
+    }
+
+    fn shared_for_tests() -> Shared {
+        let hub = crate::hub::Hub::new(1024);
+        let metrics = Metrics::new(hub.clone());
+        let fanout = crate::bus::Fanout::start(hub, metrics.clone()).0;
+        let link = Link::open("test", "redis://127.0.0.1:1/", None).unwrap();
+        let keys = RedisKeys::new("t", "n");
+        Shared {
+            channel: keys.push_channel(),
+            keys,
+            origin: 1,
+            seq: AtomicU64::new(0),
+            link: link.clone(),
+            commands: link,
+            fanout,
+            metrics,
+            echoes: Mutex::new(VecDeque::new()),
+            dropped: Arc::default(),
+            max_payload: 1024,
+            history: HistorySettings::default(),
+            last: Mutex::new(None),
+            holes: AtomicU64::new(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn holes_and_new_epochs_are_found_and_lagging_pushes_are_not_holes() {
+        let shared = shared_for_tests();
+        let at = |epoch, offset| Stamp { epoch, offset };
+        assert!(
+            !shared.advance(at(1, 5)),
+            "the first envelope sets the position"
+        );
+        assert!(!shared.advance(at(1, 6)));
+        assert!(shared.advance(at(1, 8)), "7 never came");
+        assert!(!shared.advance(at(1, 9)));
+        assert!(
+            shared.advance(at(2, 1)),
+            "a new epoch: the history was lost"
+        );
+        // A read's head before any envelope is where the subscription goes on from.
+        let fresh = shared_for_tests();
+        assert!(!fresh.read_head(at(3, 10)));
+        assert!(
+            !fresh.advance(at(3, 9)),
+            "published before the read, arriving late"
+        );
+        assert!(!fresh.advance(at(3, 11)));
+        assert!(
+            !fresh.read_head(at(3, 20)),
+            "later reads do not move the position..."
+        );
+        assert!(
+            fresh.advance(at(3, 21)),
+            "...so a hole behind them is still found"
+        );
+        assert!(fresh.read_head(at(4, 0)), "a read in a new epoch");
+        assert!(!fresh.advance(at(4, 1)));
+        // The watch: a head read a period ago must have arrived.
+        assert!(!fresh.behind(at(4, 1)));
+        assert!(fresh.behind(at(4, 3)), "2 and 3 never came");
+        assert!(!fresh.behind(at(4, 3)), "one hole is reported once");
+        assert!(!fresh.advance(at(4, 3)), "a late arrival is no hole");
+        assert!(
+            fresh.behind(at(5, 0)),
+            "Redis lost the history while no push came"
+        );
+        assert!(
+            !shared_for_tests().behind(at(1, 9)),
+            "nothing to protect yet"
+        );
     }
 
     /// Case 8 of issue 13: what Redis sends faster than the fan-out takes it is
@@ -409,7 +756,7 @@ mod tests {
             kind: PushKind::Message,
             data: vec![
                 Value::BulkString(b"p:push".to_vec()),
-                Value::BulkString(b"a1:0:0:0:{}".to_vec()),
+                Value::BulkString(b"a1:0:0::::0:{}".to_vec()),
             ],
         };
         for _ in 0..5 {
@@ -427,6 +774,8 @@ mod tests {
             Just(Target::All),
             ".{1,40}".prop_filter_map("a name", |p| Name::try_from(p).ok().map(Target::Page)),
             ".{1,40}".prop_filter_map("a name", |u| Name::try_from(u).ok().map(Target::Uid)),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(node, local)| Target::Conn(ConnKey { node, local })),
         ]
     }
 
@@ -437,7 +786,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_any_text(text in "[apu]?[0-9:éa-z{}]{0,40}") {
+        fn decode_never_panics_on_any_text(text in "[apuc]?[0-9:.éa-z{}]{0,40}") {
             let _ = decode(text.as_bytes());
         }
 
@@ -448,11 +797,17 @@ mod tests {
             origin in any::<u64>(),
             seq in any::<u64>(),
             sent in any::<u64>(),
+            stamp in proptest::option::of((any::<u64>(), any::<u64>())),
+            exclude in proptest::option::of((any::<u64>(), any::<u64>())),
         ) {
-            let push = Push::new(target, ByteString::from(payload));
-            let back = decode(encode(&push, origin, seq, sent).as_bytes()).unwrap();
+            let stamp = stamp.map(|(epoch, offset)| Stamp { epoch, offset });
+            let exclude = exclude.map(|(node, local)| ConnKey { node, local });
+            let push = Push::new(target, ByteString::from(payload)).excluding(exclude);
+            let back = decode(encode(&push, stamp, origin, seq, sent).as_bytes()).unwrap();
             prop_assert_eq!(&back.push.target, &push.target);
             prop_assert_eq!(&back.push.payload, &push.payload);
+            prop_assert_eq!(back.push.exclude, exclude);
+            prop_assert_eq!(back.stamp, stamp);
             prop_assert_eq!((back.origin, back.seq, back.sent_micros), (origin, seq, sent));
         }
     }

@@ -12,8 +12,9 @@
 //! (missing, unknown, or a JWT that is expired or does not verify), 403 origin or
 //! what a token does not allow (another `?uid=` than its `sub`, a page outside its
 //! `pages`, an unsigned uid under `auth.require_signed_uid`), 400 query, 404 path,
-//! 429 `server.max_connections_per_ip`, 503 `server.max_connections` or the server
-//! is stopping.
+//! 429 `server.max_connections_per_ip`, 503 `server.max_connections`, the server
+//! is stopping, or (`?recover=1` in cluster mode) the history cannot be read
+//! because Redis is unreachable.
 //!
 //! Close codes the server sends:
 //!
@@ -26,6 +27,8 @@
 //! |      | that is not a routable object                          |
 //! | 1009 | a message over `server.max_message_bytes`, refused at  |
 //! |      | the frame header that announces it (before its payload)|
+//! | 1012 | `?recover=1` only: this node missed pushes (or Redis   |
+//! |      | lost the history); reconnect with your position        |
 //! | 4001 | nothing arrived for `heartbeat.idle_timeout_secs`      |
 //! | 4008 | slow consumer: the send queue overflowed, or its       |
 //! |      | frames did not move for `server.send_timeout_secs`     |
@@ -55,6 +58,7 @@ use crate::push::Name;
 mod connection;
 pub mod heartbeat;
 mod membership;
+mod recovery;
 
 use membership::Membership;
 
@@ -66,6 +70,8 @@ struct Accepted {
     meta: ConnMeta,
     role: Role,
     slot: Slot,
+    /// `?recover=1`: pushes as envelopes, after a welcome (and a replay).
+    recover: Option<recovery::Ask>,
 }
 
 /// The service actix's HTTP/1 dispatcher calls with each WebSocket upgrade request
@@ -126,13 +132,42 @@ async fn upgrade(
         }
     };
     let worker = state.bus.fanout().local_worker();
-    let Some((membership, outbox)) =
-        Membership::join(state.clone(), &accepted.meta, worker, accepted.slot)
-    else {
+    let recover = accepted.recover.is_some();
+    let Some((membership, outbox)) = Membership::join(
+        state.clone(),
+        &accepted.meta,
+        worker,
+        accepted.slot,
+        recover,
+    ) else {
         state.metrics.rejected("stopping");
         let refusal = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is stopping");
         refuse(&mut framed, &refusal).await;
         return Ok(());
+    };
+    // Read after the join: every push from here on is held for the connection, and
+    // every push before is in what was read.
+    let preamble = match &accepted.recover {
+        None => None,
+        Some(ask) => {
+            let conn = state.hub.conn_key(membership.id());
+            match recovery::prepare(&state, ask, conn, &accepted.meta).await {
+                Ok(preamble) => Some(preamble),
+                Err(down) => {
+                    state.metrics.rejected("history");
+                    log::debug!(
+                        "recover connect refused: history unreadable: {}",
+                        down.reason
+                    );
+                    let refusal = ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "history unavailable (redis unreachable); retry",
+                    );
+                    refuse(&mut framed, &refusal).await;
+                    return Ok(());
+                }
+            }
+        }
     };
     if let Err(e) = framed.send((response, BodySize::None).into()).await {
         log::debug!("upgrade answer not sent: {e}");
@@ -149,6 +184,7 @@ async fn upgrade(
         parts.io,
         &parts.read_buf,
         peer,
+        preamble,
     );
     Ok(())
 }
@@ -211,11 +247,13 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
         session: name(&query, "session").map_err(|e| reject("query", e))?,
         connected_at: unix_now(),
     };
+    let recover = recovery::ask(&query);
     let slot = admit(state, request).map_err(|cap| reject(cap.reason(), cap_refusal(cap)))?;
     Ok(Accepted {
         meta,
         role: grant.role,
         slot,
+        recover,
     })
 }
 

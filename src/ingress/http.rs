@@ -10,10 +10,11 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::app::AppState;
+use crate::bus::Published;
 use crate::edge::{Query, bearer_token, strip_bom_bytes};
 use crate::error::ApiError;
 use crate::idempotency::{self, Reply};
-use crate::push::{Ingress, Name, Push, Target};
+use crate::push::{ConnKey, Ingress, Name, Push, Target};
 use crate::scenes::Params;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -120,10 +121,22 @@ async fn trigger(req: &HttpRequest, state: &web::Data<AppState>) -> Result<HttpR
         return Err(ApiError::not_found(format!("unknown func {func:?}"))
             .with("funcs", state.scenes.funcs()));
     };
-    let push = scene.render(&Params::from_query(&query)).map_err(|e| {
-        state.metrics.rejected("scene_params");
-        ApiError::bad_request(format!("{func}: {e}"))
-    })?;
+    let exclude = query
+        .non_empty("exclude")
+        .map(|text| {
+            ConnKey::parse(text).map_err(|e| {
+                state.metrics.rejected("api_target");
+                ApiError::bad_request(format!("?exclude= {e}"))
+            })
+        })
+        .transpose()?;
+    let push = scene
+        .render(&Params::from_query(&query))
+        .map_err(|e| {
+            state.metrics.rejected("scene_params");
+            ApiError::bad_request(format!("{func}: {e}"))
+        })?
+        .excluding(exclude);
     if push.payload.len() > state.settings.server.max_message_bytes {
         return Err(ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -133,15 +146,30 @@ async fn trigger(req: &HttpRequest, state: &web::Data<AppState>) -> Result<HttpR
     let publisher = state.clone();
     let publish = async move {
         let published = publisher.publish(push, Ingress::HttpFunc).await;
-        Ok(Reply::ok(json!({
+        let mut reply = json!({
             "code": 200,
             "message": "ok",
             "func": func,
             "delivered": published.delivered,
             "cluster_wide": published.cluster_wide,
-        })))
+        });
+        with_offset(&mut reply, &published, &publisher);
+        Ok(Reply::ok(reply))
     };
     state.idempotency.once(key, publish).await
+}
+
+/// Adds the push's `"offset"` to a push reply when the history is on
+/// (`history.size > 0`) and the push has one (not while Redis is unreachable).
+fn with_offset(reply: &mut serde_json::Value, published: &Published, state: &AppState) {
+    if state.settings.history.size > 0
+        && let (Some(stamp), Some(object)) = (published.stamp, reply.as_object_mut())
+    {
+        object.insert(
+            "offset".into(),
+            crate::history::offset_text(stamp.offset).into(),
+        );
+    }
 }
 
 /// The request's idempotency key (see [`idempotency::key_from`]), counted when refused.
@@ -183,6 +211,10 @@ struct PushRequest<'a> {
     uid: Option<&'a RawValue>,
     #[serde(default)]
     all: bool,
+    #[serde(default, borrow, deserialize_with = "present")]
+    conn: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    exclude: Option<&'a RawValue>,
     /// Forwarded as written: key order, number spelling and spacing are the
     /// sender's, as on the text port.
     #[serde(borrow)]
@@ -202,14 +234,20 @@ fn push_target(request: &PushRequest<'_>) -> Result<Target, ApiError> {
     let named = |raw: &RawValue, field: &str| {
         Name::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("{field} {e}")))
     };
-    match (request.page, request.uid, request.all) {
-        (Some(page), None, false) => Ok(Target::Page(named(page, "page")?)),
-        (None, Some(uid), false) => Ok(Target::Uid(named(uid, "uid")?)),
-        (None, None, true) => Ok(Target::All),
+    match (request.page, request.uid, request.all, request.conn) {
+        (Some(page), None, false, None) => Ok(Target::Page(named(page, "page")?)),
+        (None, Some(uid), false, None) => Ok(Target::Uid(named(uid, "uid")?)),
+        (None, None, true, None) => Ok(Target::All),
+        (None, None, false, Some(conn)) => Ok(Target::Conn(conn_key(conn, "conn")?)),
         _ => Err(ApiError::bad_request(
-            "give exactly one target: \"page\", \"uid\" or \"all\": true",
+            "give exactly one target: \"page\", \"uid\", \"all\": true or \"conn\"",
         )),
     }
+}
+
+/// A connection id field (`conn`, `exclude`): a string as the welcome frame gave it.
+fn conn_key(raw: &RawValue, field: &str) -> Result<ConnKey, ApiError> {
+    ConnKey::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("{field} {e}")))
 }
 
 /// `POST /api/push` with `{"page"|"uid"|"all", "message"}`.
@@ -227,6 +265,11 @@ async fn api_push(
         ApiError::bad_request(format!("malformed JSON: {e}"))
     })?;
     let target = push_target(&request).inspect_err(|_| state.metrics.rejected("api_target"))?;
+    let exclude = request
+        .exclude
+        .map(|raw| conn_key(raw, "exclude"))
+        .transpose()
+        .inspect_err(|_| state.metrics.rejected("api_target"))?;
     let key = idempotency_key(&req, request.idempotency_key, None, &state)?;
     let text = request.message.get();
     if text.len() > limit {
@@ -235,16 +278,18 @@ async fn api_push(
             format!("message is over server.max_message_bytes ({limit})"),
         ));
     }
-    let push = Push::new(target, ByteString::from(text.to_owned()));
+    let push = Push::new(target, ByteString::from(text.to_owned())).excluding(exclude);
     let publisher = state.clone();
     let publish = async move {
         let published = publisher.publish(push, Ingress::HttpApi).await;
-        Ok(Reply::ok(json!({
+        let mut reply = json!({
             "code": 200,
             "message": "ok",
             "delivered": published.delivered,
             "cluster_wide": published.cluster_wide,
-        })))
+        });
+        with_offset(&mut reply, &published, &publisher);
+        Ok(Reply::ok(reply))
     };
     state.idempotency.once(key, publish).await
 }
@@ -268,7 +313,7 @@ async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let count = state.registry.count(&target).await;
     let name = match &target {
         Target::Page(n) | Target::Uid(n) => n.to_string(),
-        Target::All => String::new(),
+        Target::All | Target::Conn(_) => String::new(),
     };
     Ok(HttpResponse::Ok().json(json!({
         "code": 200,

@@ -57,6 +57,15 @@ impl RedisKeys {
     pub fn probe_channel(&self) -> String {
         format!("{}:node:{}:probe", self.prefix, self.node)
     }
+    /// Hash: the history's `epoch` (16 hex digits) and its newest `offset`; gone
+    /// when Redis lost its data, and then made again in a new epoch.
+    pub fn history_epoch(&self) -> String {
+        format!("{}:history:epoch", self.prefix)
+    }
+    /// Stream: the last `history.size` pushes, entry id `<offset>-0`.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.prefix)
+    }
     /// String with TTL: the pending marker or the remembered reply of one
     /// idempotency key, named by the key's SHA-256 in hex (never the key's text).
     pub fn idempotency(&self, sha256_hex: &str) -> String {
@@ -73,6 +82,9 @@ impl RedisKeys {
             Target::All => redis::cmd("HLEN").arg(self.conns()).clone(),
             Target::Page(page) => redis::cmd("SCARD").arg(self.page(page)).clone(),
             Target::Uid(uid) => redis::cmd("SCARD").arg(self.uid(uid)).clone(),
+            // The registry does not index connections by their cluster-wide id:
+            // at most one connection matches.
+            Target::Conn(_) => redis::cmd("ECHO").arg(1).clone(),
         }
     }
 }
