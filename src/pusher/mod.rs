@@ -5,7 +5,8 @@
 //! - [`channel`]: channel names and kinds (`private-`, `presence-`, `#server-to-user-`…);
 //! - [`sign`]: every HMAC check (subscriptions, sign-in, HTTP API requests, webhooks);
 //! - [`protocol`]: client frames in, server frames out, the 4xxx codes;
-//! - [`webhook`]: the batched, signed, retrying webhook sender.
+//! - [`webhook`]: the batched, signed, retrying webhook sender;
+//! - [`state`]: subscriptions, presence members, cache channels and their transitions.
 
 pub mod apps;
 pub mod channel;
@@ -17,3 +18,6 @@ pub use apps::{PusherApp, PusherSettings, WebhookTarget};
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use protocol::{ClientFrame, PusherCode};
 pub use webhook::{WebhookEvent, WebhookOptions, WebhookSender};
+pub mod state;
+
+pub use state::{ChannelState, Member, MemberSink};
