@@ -5,15 +5,18 @@
 //! - [`channel`]: channel names and kinds (`private-`, `presence-`, `#server-to-user-`…);
 //! - [`sign`]: every HMAC check (subscriptions, sign-in, HTTP API requests, webhooks);
 //! - [`protocol`]: client frames in, server frames out, the 4xxx codes;
+//! - [`publisher`]: events onto the bus (channels, users, `terminate_connections`);
 //! - [`webhook`]: the batched, signed, retrying webhook sender.
 
 pub mod apps;
 pub mod channel;
 pub mod protocol;
+pub mod publisher;
 pub mod sign;
 pub mod webhook;
 
 pub use apps::{PusherApp, PusherSettings, WebhookTarget};
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use protocol::{ClientFrame, PusherCode};
+pub use publisher::Publisher;
 pub use webhook::{WebhookEvent, WebhookOptions, WebhookSender};
