@@ -264,6 +264,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             Bus::Redis(bus)
         }
     };
+    metrics.pusher_state.watch(channels.clone());
+    // Member events (presence joins and leaves) go out through the bus.
+    channels.set_sink(crate::pusher::state::PublisherSink::start(
+        crate::pusher::publisher::Publisher::new(bus.clone(), &settings.pusher),
+        &settings.pusher,
+    ));
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         node_id: Arc::from(node_id.as_str()),

@@ -26,7 +26,9 @@
 //! script's answer (bounded by a deadline) on the subscribing connection's task.
 
 mod local;
+mod metrics;
 mod redis;
+mod sink;
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -40,7 +42,9 @@ use crate::push::ConnKey;
 
 pub use self::local::CACHE_TTL;
 use self::local::Local;
+pub use self::metrics::StateCollector;
 use self::redis::RedisState;
+pub use self::sink::PublisherSink;
 
 /// An app's id (`[[pusher.apps]] id`): channel namespaces are per app.
 pub type AppId = Arc<str>;
