@@ -265,11 +265,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         }
     };
     metrics.pusher_state.watch(channels.clone());
-    // Member events (presence joins and leaves) go out through the bus.
-    channels.set_sink(crate::pusher::state::PublisherSink::start(
-        crate::pusher::publisher::Publisher::new(bus.clone(), &settings.pusher),
-        &settings.pusher,
-    ));
+    // Also the channel state's member sink: presence joins and leaves go out
+    // through the bus.
+    let pusher = crate::pusher::Publisher::new(bus.clone(), &settings.pusher, channels.clone());
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         node_id: Arc::from(node_id.as_str()),
@@ -288,6 +286,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ),
         idempotency,
         channels,
+        pusher,
     });
 
     critical.push((

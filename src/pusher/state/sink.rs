@@ -35,19 +35,23 @@ pub struct PublisherSink {
 }
 
 impl PublisherSink {
-    /// Starts the publishing task on the current runtime.
+    /// Starts the publishing task on the current runtime (outside one, events are
+    /// dropped and counted).
     pub fn start(publisher: Publisher, settings: &PusherSettings) -> Arc<Self> {
         let (queue, mut rx) = mpsc::channel::<Queued>(QUEUE);
-        tokio::spawn(async move {
-            while let Some(q) = rx.recv().await {
-                let Ok(event) = EventName::try_from(q.event) else {
-                    continue;
-                };
-                publisher
-                    .publish_event(&q.app, &q.channel, event, q.data.into(), q.exclude)
-                    .await;
-            }
-        });
+        let runtime = tokio::runtime::Handle::try_current();
+        if let Ok(runtime) = runtime {
+            runtime.spawn(async move {
+                while let Some(q) = rx.recv().await {
+                    let Ok(event) = EventName::try_from(q.event) else {
+                        continue;
+                    };
+                    publisher
+                        .publish_event(&q.app, &q.channel, event, q.data.into(), q.exclude)
+                        .await;
+                }
+            });
+        }
         Arc::new(Self {
             apps: settings
                 .apps
