@@ -30,6 +30,7 @@ mod pusher_config;
 mod pusher_protocol;
 mod pusher_sign;
 mod pusher_webhook;
+mod pusher_ws;
 mod recovery;
 mod recovery_cluster;
 mod router;
