@@ -25,7 +25,6 @@ mod ingress;
 mod pages;
 mod profiles;
 mod protocol;
-mod pusher_client;
 mod pusher_config;
 mod pusher_protocol;
 mod pusher_sign;

@@ -118,7 +118,10 @@ async fn handshake_ping_and_refusal_codes() {
     // pusher-js takes the handshake, and stops for good on 4001.
     let mut js = js(&server, json!({}));
     let connected = js.next_where("connected", is("connected")).await;
-    assert_eq!(connected["socket_id"].as_str().unwrap().split('.').count(), 2);
+    assert_eq!(
+        connected["socket_id"].as_str().unwrap().split('.').count(),
+        2
+    );
     let mut refused = Script::node(
         "pusher-js.js",
         &json!({"key": "nope", "host": "127.0.0.1", "port": port(&server)}),
@@ -160,7 +163,10 @@ async fn public_channels_are_native_pages_both_ways() {
     assert_eq!(status, 200);
     assert_eq!(page.recv_json().await, json!({"id": 1}));
     let got = js.next_where("push", event("scenecast.push")).await;
-    assert_eq!((got["channel"].clone(), got["data"].clone()), (json!("orders"), json!({"id": 1})));
+    assert_eq!(
+        (got["channel"].clone(), got["data"].clone()),
+        (json!("orders"), json!({"id": 1}))
+    );
     server
         .api_push(r#"{"page":"orders","event":"order.paid","message":{"id":2}}"#)
         .await;
@@ -185,7 +191,9 @@ async fn public_channels_are_native_pages_both_ways() {
     // `all` is native only; a page elsewhere reaches neither.
     server.api_push(r#"{"all":true,"message":{"n":3}}"#).await;
     assert_eq!(page.recv_json().await, json!({"n": 3}));
-    server.api_push(r#"{"page":"orders","message":{"n":4}}"#).await;
+    server
+        .api_push(r#"{"page":"orders","message":{"n":4}}"#)
+        .await;
     // Order-based: the pusher-js client's next event on orders is n=4, not the broadcast.
     let next = js.next_where("n4", |l| l["type"] == "event").await;
     assert_eq!(next["data"], json!({"n": 4}));
@@ -195,12 +203,17 @@ async fn public_channels_are_native_pages_both_ways() {
         .await;
     raw.send(r#"{"event":"pusher:ping","data":{}}"#).await;
     next_event(&mut raw, "pusher:pong").await;
-    server.api_push(r#"{"page":"orders","message":{"n":5}}"#).await;
+    server
+        .api_push(r#"{"page":"orders","message":{"n":5}}"#)
+        .await;
     raw.expect_silence(Duration::from_millis(300)).await;
 
     // The stats count Pusher subscribers with the native page connections.
     let (_, stats) = server
-        .get_json(&format!("/api/stats?token={}", crate::common::server::API_TOKEN))
+        .get_json(&format!(
+            "/api/stats?token={}",
+            crate::common::server::API_TOKEN
+        ))
         .await;
     assert!(stats.to_string().contains("orders"), "{stats}");
 }
@@ -208,7 +221,12 @@ async fn public_channels_are_native_pages_both_ways() {
 #[tokio::test]
 async fn native_connections_cannot_open_private_pages() {
     let server = server(json!({})).await;
-    for page in ["private-x", "presence-x", "private-encrypted-x", "%23server-to-user-7"] {
+    for page in [
+        "private-x",
+        "presence-x",
+        "private-encrypted-x",
+        "%23server-to-user-7",
+    ] {
         let refused = WsClient::try_connect(
             &server.ws_url(&format!("/ws?token={CLIENT_TOKEN}&page={page}")),
             None,
@@ -270,8 +288,10 @@ async fn client_events_reach_the_others_and_are_rate_limited_without_a_close() {
     let got = b.next_where("typing", event("client-typing")).await;
     assert_eq!(got["data"], json!({"who": "a"}));
     // Not echoed: a's next client event is b's.
-    b.send(&json!({"cmd": "trigger", "channel": "private-chat", "event": "client-reply", "data": 1}))
-        .await;
+    b.send(
+        &json!({"cmd": "trigger", "channel": "private-chat", "event": "client-reply", "data": 1}),
+    )
+    .await;
     let next = a
         .next_where("an event", |l| {
             l["type"] == "event" && l["event"].as_str().unwrap_or("").starts_with("client-")
@@ -288,8 +308,10 @@ async fn client_events_reach_the_others_and_are_rate_limited_without_a_close() {
         .next_where("4301", |l| l["type"] == "connection_error")
         .await;
     assert_eq!(error["error"]["code"], 4301, "{error}");
-    b.send(&json!({"cmd": "trigger", "channel": "private-chat", "event": "client-after", "data": 2}))
-        .await;
+    b.send(
+        &json!({"cmd": "trigger", "channel": "private-chat", "event": "client-after", "data": 2}),
+    )
+    .await;
     a.next_where("after", event("client-after")).await;
     assert!(server.rejected("rate_limited").await >= 1);
 
@@ -348,7 +370,8 @@ async fn encrypted_channels_are_relayed_and_cache_channels_replay_the_last_event
     let channel = "private-encrypted-box";
     let auth = sign_channel(KEY, SECRET, &socket_id, channel, None);
     ws.send(
-        &json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}).to_string(),
+        &json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}})
+            .to_string(),
     )
     .await;
     next_event(&mut ws, "pusher_internal:subscription_succeeded").await;
@@ -363,7 +386,10 @@ async fn encrypted_channels_are_relayed_and_cache_channels_replay_the_last_event
     // No client events on encrypted channels.
     ws.send(&json!({"event": "client-x", "channel": channel, "data": {}}).to_string())
         .await;
-    assert_eq!(next_event(&mut ws, "pusher:error").await["data"]["code"], 4301);
+    assert_eq!(
+        next_event(&mut ws, "pusher:error").await["data"]["code"],
+        4301
+    );
 
     // A cache channel with nothing kept: cache_miss; after an event, a new
     // subscriber gets it right after subscription_succeeded.
@@ -442,12 +468,70 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
     echo.send(&json!({"cmd": "private", "channel": "orders", "event": ".shipped"}))
         .await;
     // Echo names the channel as given (`orders`); this is the private one's.
-    echo.next_where("private subscribed", is("subscribed")).await;
+    echo.next_where("private subscribed", is("subscribed"))
+        .await;
     server
         .api_push(r#"{"page":"private-orders","event":"shipped","message":{"id":5}}"#)
         .await;
     let heard = echo
-        .next_where("shipped", |l| l["type"] == "listen" && l["event"] == ".shipped")
+        .next_where("shipped", |l| {
+            l["type"] == "listen" && l["event"] == ".shipped"
+        })
         .await;
     assert_eq!(heard["data"], json!({"id": 5}));
+
+    // A subscription the server refuses reaches Echo's .error().
+    let mut wrong = Script::node(
+        "echo.mjs",
+        &json!({"key": KEY, "host": "127.0.0.1", "port": port(&server), "secret": "wrong"}),
+    );
+    wrong.next_where("connected", is("connected")).await;
+    wrong
+        .send(&json!({"cmd": "private", "channel": "orders"}))
+        .await;
+    let refused = wrong.next_where("error", is("error")).await;
+    assert_eq!(refused["error"]["status"], 401, "{refused}");
+}
+
+#[tokio::test]
+async fn laravel_echo_join_lists_members_and_follows_joins_and_leaves() {
+    let server = server(json!({})).await;
+    let member = |id: &str, name: &str| {
+        Script::node(
+            "echo.mjs",
+            &json!({"key": KEY, "host": "127.0.0.1", "port": port(&server), "secret": SECRET,
+                    "presence": {"user_id": id, "user_info": {"name": name}}}),
+        )
+    };
+    let mut ann = member("7", "Ann");
+    ann.next_where("connected", is("connected")).await;
+    ann.send(&json!({"cmd": "join", "channel": "room"})).await;
+    let here = ann.next_where("here", is("here")).await;
+    assert_eq!(here["members"], json!([{"name": "Ann"}]));
+
+    let mut bob = member("8", "Bob");
+    bob.next_where("connected", is("connected")).await;
+    bob.send(&json!({"cmd": "join", "channel": "room"})).await;
+    let here = bob.next_where("here", is("here")).await;
+    assert_eq!(here["members"], json!([{"name": "Ann"}, {"name": "Bob"}]));
+    assert_eq!(
+        ann.next_where("joining", is("joining")).await["member"],
+        json!({"name": "Bob"})
+    );
+    // A second connection of Bob's is no new member; its leaving is no leave.
+    let mut bob2 = member("8", "Bob");
+    bob2.next_where("connected", is("connected")).await;
+    bob2.send(&json!({"cmd": "join", "channel": "room"})).await;
+    bob2.next_where("here", is("here")).await;
+    bob2.send(&json!({"cmd": "exit"})).await;
+    bob.send(&json!({"cmd": "exit"})).await;
+    let left = ann
+        .next_where("joining or leaving", |l| {
+            l["type"] == "joining" || l["type"] == "leaving"
+        })
+        .await;
+    assert_eq!(
+        (left["type"].clone(), left["member"].clone()),
+        (json!("leaving"), json!({"name": "Bob"}))
+    );
 }
