@@ -215,7 +215,15 @@ async fn public_channels_are_native_pages_both_ways() {
             crate::common::server::API_TOKEN
         ))
         .await;
-    assert!(stats.to_string().contains("orders"), "{stats}");
+    let orders = stats["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["page"] == "orders")
+        .cloned();
+    // The native page, pusher-js (raw unsubscribed).
+    assert_eq!(orders.unwrap()["connections"], 2, "{stats}");
+    assert_eq!(stats["node_pusher_connections"], 2, "{stats}");
 }
 
 #[tokio::test]
