@@ -347,7 +347,7 @@ pub fn start(
 
 /// How long [`ChannelState::subscribe`] waits for Redis before answering with this
 /// node's view.
-pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(2);
+pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 
 impl ChannelState {
     /// The embedded state: one process, nothing stored elsewhere. `webhooks`:

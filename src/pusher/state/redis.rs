@@ -164,6 +164,12 @@ end
 return out
 "#;
 
+/// The scripts every subscription and leave runs, sent by hash (`EVALSHA`): each
+/// resync loads them (`SCRIPT LOAD`), and a Redis that lost them (restarted) answers
+/// `NOSCRIPT`, which fails the write and so brings a resync.
+static SUBSCRIBE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SUBSCRIBE));
+static LEAVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&LEAVE));
+
 enum Op {
     Subscribe {
         app: Arc<str>,
@@ -517,16 +523,18 @@ impl Worker {
         shutdown
     }
 
+    /// `members`: the reply lists the channel's members (someone waits for them).
     fn subscribe_cmd(
         &self,
         app: &str,
         channel: &Channel,
         socket: ConnKey,
         member: Option<&Member>,
+        members: bool,
     ) -> redis::Cmd {
         let (uid, info) = member.map_or(("", "null"), |m| (&*m.user_id, m.user_info.get()));
-        redis::cmd("EVAL")
-            .arg(SUBSCRIBE)
+        redis::cmd("EVALSHA")
+            .arg(SUBSCRIBE_SCRIPT.get_hash())
             .arg(0)
             .arg(&self.shared.base)
             .arg(app)
@@ -535,7 +543,7 @@ impl Worker {
             .arg(&self.shared.keys.node)
             .arg(uid)
             .arg(info)
-            .arg(if channel.kind().is_presence() {
+            .arg(if members && channel.kind().is_presence() {
                 "1"
             } else {
                 "0"
@@ -544,8 +552,8 @@ impl Worker {
     }
 
     fn leave_cmd(&self, app: &str, channel: &str, socket: &str) -> redis::Cmd {
-        redis::cmd("EVAL")
-            .arg(&*LEAVE)
+        redis::cmd("EVALSHA")
+            .arg(LEAVE_SCRIPT.get_hash())
             .arg(0)
             .arg(&self.shared.base)
             .arg(app)
@@ -573,7 +581,13 @@ impl Worker {
                     member,
                     reply,
                 } => {
-                    pipe.add_command(self.subscribe_cmd(&app, &channel, socket, member.as_ref()));
+                    pipe.add_command(self.subscribe_cmd(
+                        &app,
+                        &channel,
+                        socket,
+                        member.as_ref(),
+                        reply.is_some(),
+                    ));
                     written.push(Written::Subscribe {
                         app,
                         channel,
@@ -683,6 +697,10 @@ impl Worker {
                 "this node's liveness key is not written yet",
             )));
         }
+        let mut load = redis::pipe();
+        load.cmd("SCRIPT").arg("LOAD").arg(SUBSCRIBE).ignore();
+        load.cmd("SCRIPT").arg("LOAD").arg(&*LEAVE).ignore();
+        shared.link.query::<()>(&load).await?;
         let stored: HashSet<String> = shared
             .link
             .query(redis::cmd("SMEMBERS").arg(format!("{}:node:{node}", shared.base)))
@@ -747,7 +765,13 @@ impl Worker {
                     ..
                 } = op
                 {
-                    pipe.add_command(self.subscribe_cmd(app, channel, *socket, member.as_ref()));
+                    pipe.add_command(self.subscribe_cmd(
+                        app,
+                        channel,
+                        *socket,
+                        member.as_ref(),
+                        false,
+                    ));
                 }
             }
             let replies: Vec<redis::Value> = shared.link.query(&pipe).await?;

@@ -763,4 +763,71 @@ async fn subscriptions_made_while_redis_is_down_are_written_when_it_is_back() {
     assert_eq!(a.state.users("1", &room).await.len(), 2);
     let added = a.events("pusher_internal:member_added");
     assert!(added.iter().any(|d| d.contains("bob")), "{added:?}");
+    // Scripts flushed (as by a restart): a write fails with NOSCRIPT, the resync
+    // loads them again, and later subscriptions are answered by Redis.
+    redis.query::<()>(::redis::cmd("SCRIPT").arg("FLUSH"));
+    a.state
+        .subscribe("1", &room, sock(1, 3), member("cat", "null"))
+        .await;
+    eventually("cat written", || {
+        let n: usize = redis.query(::redis::cmd("HLEN").arg("t:pusher:1:ch:presence-room:socks"));
+        n == 3
+    })
+    .await;
+    let dan = a
+        .state
+        .subscribe("1", &room, sock(1, 4), member("dan", "null"))
+        .await;
+    assert!(dan.cluster_wide);
+    assert_eq!(dan.presence.unwrap().members.len(), 4);
+}
+
+/// Measures subscribe throughput in Redis mode (run by hand:
+/// `cargo test --release --lib pusher::state::tests::measure -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_subscribe_throughput_in_redis() {
+    let redis = TestRedis::start();
+    let a = TestNode::start(&redis, "a", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 10_000u64;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let state = a.state.clone();
+        tasks.push(tokio::spawn(async move {
+            let room = ch(&format!("presence-r{}", i % 100));
+            state
+                .subscribe("1", &room, sock(1, i), member(&format!("u{i}"), "{}"))
+                .await
+                .cluster_wide
+        }));
+    }
+    let mut wide = 0;
+    for t in tasks {
+        wide += usize::from(t.await.unwrap());
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{n} presence subscribes (100 channels): {took:?}, {:.0}/s, {wide} answered by redis",
+        n as f64 / took.as_secs_f64()
+    );
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        a.state
+            .left("1", &ch(&format!("presence-r{}", i % 100)), sock(1, i));
+    }
+    eventually("all left", || {
+        let n: usize = redis.query(::redis::cmd("SCARD").arg("t:pusher:node:a"));
+        n == 0
+    })
+    .await;
+    eprintln!("{n} leaves written in {:?}", started.elapsed());
+    let stats: String = redis.query(::redis::cmd("INFO").arg("commandstats"));
+    for line in stats
+        .lines()
+        .filter(|l| l.contains("evalsha") || l.contains("cmdstat_eval:"))
+    {
+        eprintln!("{line}");
+    }
 }
