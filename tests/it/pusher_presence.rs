@@ -228,6 +228,26 @@ async fn presence_is_cluster_wide_and_a_killed_nodes_members_leave_once() {
         lines[0]["result"], true,
         "the Node SDK refused the signature"
     );
+
+    // Node b's metrics: bob is its one member of its one channel; it carried out
+    // the removals of node a's users.
+    let metrics = reqwest::get(b.http_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "scenecast_pusher_channels_occupied 1",
+        "scenecast_pusher_presence_members 1",
+        "scenecast_pusher_transitions_total{kind=\"member_removed\"} 2",
+        "scenecast_pusher_webhooks_total{outcome=\"dropped\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
     let _ = b.terminate();
 }
 
