@@ -5,12 +5,14 @@
 //! - [`channel`]: channel names and kinds (`private-`, `presence-`, `#server-to-user-`…);
 //! - [`sign`]: every HMAC check (subscriptions, sign-in, HTTP API requests, webhooks);
 //! - [`protocol`]: client frames in, server frames out, the 4xxx codes;
+//! - [`trigger`]: the HTTP API's event bodies, parsed and checked;
 //! - [`webhook`]: the batched, signed, retrying webhook sender.
 
 pub mod apps;
 pub mod channel;
 pub mod protocol;
 pub mod sign;
+pub mod trigger;
 pub mod webhook;
 
 pub use apps::{PusherApp, PusherSettings, WebhookTarget};
