@@ -25,6 +25,7 @@ mod ingress;
 mod pages;
 mod profiles;
 mod protocol;
+mod pusher_api;
 mod pusher_client;
 mod pusher_config;
 mod pusher_protocol;
