@@ -27,6 +27,8 @@ pub struct AppState {
     pub caps: ConnectionCaps,
     /// Replies of keyed pushes (`Idempotency-Key`), in memory or in Redis.
     pub idempotency: Idempotency,
+    /// Pusher channel state: subscriptions, presence members, cache channels.
+    pub channels: crate::pusher::ChannelState,
 }
 
 impl AppState {

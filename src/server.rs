@@ -252,6 +252,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             Bus::Redis(bus)
         }
     };
+    let channels = crate::pusher::state::start(&settings.pusher)
+        .map_err(|e| StartError::Setup(format!("pusher webhooks: {e}")))?;
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         node_id: Arc::from(node_id.as_str()),
@@ -269,6 +271,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             settings.server.max_connections_per_ip,
         ),
         idempotency,
+        channels,
     });
 
     critical.push((
@@ -479,6 +482,7 @@ impl Running {
         while !state.hub.is_drained() && tokio::time::Instant::now() < answered {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        state.channels.shutdown().await;
         state.registry.shutdown().await;
         self.critical.abort_all();
         self.handle.stop(true).await;

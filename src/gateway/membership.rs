@@ -90,6 +90,7 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
         settings: Arc::new(settings),
         hub,
         metrics,
+        channels: crate::pusher::ChannelState::embedded(None),
     })
 }
 

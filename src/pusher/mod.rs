@@ -6,7 +6,8 @@
 //! - [`sign`]: every HMAC check (subscriptions, sign-in, HTTP API requests, webhooks);
 //! - [`protocol`]: client frames in, server frames out, the 4xxx codes;
 //! - [`trigger`]: the HTTP API's event bodies, parsed and checked;
-//! - [`webhook`]: the batched, signed, retrying webhook sender.
+//! - [`webhook`]: the batched, signed, retrying webhook sender;
+//! - [`state`]: subscriptions, presence members, cache channels and their transitions.
 
 pub mod apps;
 pub mod channel;
@@ -19,3 +20,6 @@ pub use apps::{PusherApp, PusherSettings, WebhookTarget};
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use protocol::{ClientFrame, PusherCode};
 pub use webhook::{WebhookEvent, WebhookOptions, WebhookSender};
+pub mod state;
+
+pub use state::{ChannelState, Member, MemberSink};

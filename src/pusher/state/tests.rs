@@ -1,0 +1,377 @@
+use std::sync::Mutex;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// app, channel, event, data, exclude.
+type Published = (String, String, &'static str, String, Option<ConnKey>);
+
+/// Records what the state publishes to subscribers.
+#[derive(Default)]
+struct Sink {
+    published: Mutex<Vec<Published>>,
+}
+
+impl MemberSink for Sink {
+    fn publish(
+        &self,
+        app: &str,
+        channel: &Channel,
+        event: &'static str,
+        data: String,
+        exclude: Option<ConnKey>,
+    ) {
+        self.published.lock().unwrap().push((
+            app.into(),
+            channel.to_string(),
+            event,
+            data,
+            exclude,
+        ));
+    }
+}
+
+fn ch(name: &str) -> Channel {
+    Channel::parse(name).unwrap()
+}
+
+fn sock(node: u64, local: u64) -> ConnKey {
+    ConnKey { node, local }
+}
+
+fn member(id: &str, info: &str) -> Option<Member> {
+    Some(Member::new(id, info).unwrap())
+}
+
+fn state() -> (ChannelState, Arc<Sink>) {
+    let state = ChannelState::embedded(None);
+    let sink = Arc::new(Sink::default());
+    state.set_sink(sink.clone());
+    (state, sink)
+}
+
+#[tokio::test]
+async fn presence_members_are_unique_users() {
+    let (state, sink) = state();
+    let room = ch("presence-room");
+    let first = state
+        .subscribe("1", &room, sock(1, 1), member("7", r#"{"name":"Ann"}"#))
+        .await;
+    assert!(first.new);
+    assert_eq!(
+        first.presence.as_ref().unwrap().ids().collect::<Vec<_>>(),
+        ["7"]
+    );
+    // Ann's second tab: no new member, still one user.
+    let second = state
+        .subscribe("1", &room, sock(1, 2), member("7", r#"{"name":"other"}"#))
+        .await;
+    assert_eq!(second.presence.as_ref().unwrap().members.len(), 1);
+    assert_eq!(
+        second.presence.as_ref().unwrap().members[0].1.get(),
+        r#"{"name":"Ann"}"#,
+        "the first connection's user_info stays"
+    );
+    assert_eq!(second.subscription_count, 2);
+    let bob = state
+        .subscribe("1", &room, sock(2, 1), member("8", "null"))
+        .await;
+    assert_eq!(bob.presence.unwrap().ids().collect::<Vec<_>>(), ["7", "8"]);
+
+    let published = sink.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(published[0].2, "pusher_internal:member_added");
+    assert_eq!(
+        published[0].3,
+        r#"{"user_id":"7","user_info":{"name":"Ann"}}"#
+    );
+    assert_eq!(published[0].4, Some(sock(1, 1)), "the joiner is excluded");
+    assert_eq!(published[1].3, r#"{"user_id":"8","user_info":null}"#);
+
+    let info = state.channel("1", &room).await;
+    assert_eq!(
+        (info.occupied, info.subscription_count, info.user_count),
+        (true, 3, Some(2))
+    );
+    // One of Ann's tabs closes: she stays.
+    state.left("1", &room, sock(1, 1));
+    assert_eq!(sink.published.lock().unwrap().len(), 2);
+    assert_eq!(state.users("1", &room).await.len(), 2);
+    // Her last one: member_removed, to everyone.
+    state.left("1", &room, sock(1, 2));
+    let published = sink.published.lock().unwrap().clone();
+    assert_eq!(
+        published.last().unwrap(),
+        &(
+            "1".to_string(),
+            "presence-room".to_string(),
+            "pusher_internal:member_removed",
+            r#"{"user_id":"7"}"#.to_string(),
+            None
+        )
+    );
+    assert_eq!(state.users("1", &room).await, vec![Arc::<str>::from("8")]);
+    // Unknown or repeated leaves change nothing.
+    state.left("1", &room, sock(1, 2));
+    state.left("1", &room, sock(9, 9));
+    assert_eq!(sink.published.lock().unwrap().len(), 3);
+    state.left("1", &room, sock(2, 1));
+    assert_eq!(
+        state.channel("1", &room).await,
+        ChannelInfo {
+            occupied: false,
+            subscription_count: 0,
+            user_count: Some(0),
+            cluster_wide: true
+        }
+    );
+    let stats = state.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        (
+            stats.occupied.load(Relaxed),
+            stats.vacated.load(Relaxed),
+            stats.members_added.load(Relaxed),
+            stats.members_removed.load(Relaxed)
+        ),
+        (1, 1, 2, 2)
+    );
+}
+
+#[tokio::test]
+async fn repeated_subscribe_changes_nothing() {
+    let (state, sink) = state();
+    let room = ch("presence-r");
+    state
+        .subscribe("1", &room, sock(1, 1), member("7", "{}"))
+        .await;
+    let again = state
+        .subscribe("1", &room, sock(1, 1), member("7", "{}"))
+        .await;
+    assert!(!again.new);
+    assert_eq!(again.subscription_count, 1);
+    assert_eq!(sink.published.lock().unwrap().len(), 1);
+    state.left("1", &room, sock(1, 1));
+    assert!(!state.channel("1", &room).await.occupied);
+}
+
+#[tokio::test]
+async fn apps_have_their_own_namespaces_and_listing_filters() {
+    let (state, _) = state();
+    state.subscribe("1", &ch("orders"), sock(1, 1), None).await;
+    state
+        .subscribe("1", &ch("presence-a"), sock(1, 1), member("u", "{}"))
+        .await;
+    state.subscribe("2", &ch("orders"), sock(1, 2), None).await;
+    state.subscribe("2", &ch("orders"), sock(1, 3), None).await;
+    // A member on a non-presence channel is ignored.
+    state
+        .subscribe("1", &ch("private-x"), sock(1, 1), member("u", "{}"))
+        .await;
+
+    let all = state.channels("1", "").await;
+    let names: Vec<&str> = all.iter().map(|c| c.channel.as_str()).collect();
+    assert_eq!(names, ["orders", "presence-a", "private-x"]);
+    assert_eq!(all[0].user_count, None);
+    assert_eq!(all[1].user_count, Some(1));
+    assert_eq!(all[2].user_count, None);
+    let presence = state.channels("1", "presence-").await;
+    assert_eq!(presence.len(), 1);
+    assert_eq!(
+        state.channel("2", &ch("orders")).await.subscription_count,
+        2
+    );
+    assert!(state.channels("3", "").await.is_empty());
+    assert_eq!(state.local_counts(), (4, 1));
+    assert!(state.users("1", &ch("private-x")).await.is_empty());
+}
+
+#[tokio::test]
+async fn occupied_and_vacated_webhooks_and_filters() {
+    use std::io::{Read, Write};
+    // A real HTTP receiver on a thread: collects the bodies it gets.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    let got = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        got.lock().unwrap().push(body.to_string());
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let app: crate::pusher::PusherApp = toml::from_str(&format!(
+        "id = \"1\"\nkey = \"k\"\nsecret = \"s\"\nwebhooks = [{{ url = \"{url}\", events = [\"channel_occupied\", \"channel_vacated\", \"member_removed\"] }}]"
+    ))
+    .unwrap();
+    let options = crate::pusher::WebhookOptions {
+        batch_wait: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let sender = WebhookSender::start(std::slice::from_ref(&app), options).unwrap();
+    let state = ChannelState::embedded(Some(sender));
+    let room = ch("presence-r");
+    state
+        .subscribe("1", &room, sock(1, 1), member("7", "{}"))
+        .await;
+    state
+        .subscribe("1", &room, sock(1, 2), member("7", "{}"))
+        .await;
+    state.left("1", &room, sock(1, 1));
+    state.left("1", &room, sock(1, 2));
+    state.cache_miss("1", &ch("cache-x"));
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                v["events"].as_array().unwrap().clone()
+            })
+            .map(|e| {
+                format!(
+                    "{}:{}:{}",
+                    e["name"].as_str().unwrap(),
+                    e["channel"].as_str().unwrap(),
+                    e["user_id"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>();
+        if events.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        events,
+        [
+            "channel_occupied:presence-r:",
+            "member_removed:presence-r:7",
+            "channel_vacated:presence-r:"
+        ],
+        "member_added and cache_miss are filtered out by the receiver's events"
+    );
+}
+
+#[tokio::test]
+async fn cache_channels_keep_the_last_event() {
+    let (state, _) = state();
+    let cache = ch("cache-prices");
+    assert_eq!(state.cache_last("1", &cache).await, None);
+    state.cache_store("1", &cache, "tick", "1");
+    state.cache_store("1", &cache, "tick", "2");
+    assert_eq!(
+        state.cache_last("1", &cache).await,
+        Some(CachedEvent {
+            event: "tick".into(),
+            data: "2".into()
+        })
+    );
+    assert_eq!(state.cache_last("2", &cache).await, None);
+    // Not a cache channel: not kept.
+    state.cache_store("1", &ch("prices"), "tick", "1");
+    assert_eq!(state.cache_last("1", &ch("prices")).await, None);
+}
+
+#[test]
+fn channel_data_parsing() {
+    let m = Member::parse(r#"{"user_id":"7","user_info":{"name":"Ann"}}"#).unwrap();
+    assert_eq!((&*m.user_id, m.user_info.get()), ("7", r#"{"name":"Ann"}"#));
+    let m = Member::parse(r#"{"user_id":42}"#).unwrap();
+    assert_eq!((&*m.user_id, m.user_info.get()), ("42", "null"));
+    assert_eq!(Member::parse("[]").unwrap_err(), MemberError::NotObject);
+    assert_eq!(
+        Member::parse(r#"{"user_id":""}"#).unwrap_err(),
+        MemberError::BadUserId
+    );
+    assert_eq!(
+        Member::parse(r#"{"user_id":1.5}"#).unwrap_err(),
+        MemberError::BadUserId
+    );
+    assert_eq!(
+        Member::parse(r#"{"user_id":null}"#).unwrap_err(),
+        MemberError::BadUserId
+    );
+    let long = format!(r#"{{"user_id":"{}"}}"#, "a".repeat(129));
+    assert_eq!(
+        Member::parse(&long).unwrap_err(),
+        MemberError::UserIdTooLong
+    );
+    let big = format!(r#"{{"user_id":"a","user_info":"{}"}}"#, "x".repeat(1100));
+    assert_eq!(
+        Member::parse(&big).unwrap_err(),
+        MemberError::UserInfoTooLong
+    );
+}
+
+proptest! {
+    /// Any text parses or is refused without panicking; a member's id is bounded.
+    #[test]
+    fn any_channel_data(text in "\\PC{0,60}|\\{\"user_id\":(\"[^\"]{0,10}\"|-?[0-9]{1,25}),\"user_info\":\\PC{0,10}\\}") {
+        if let Ok(member) = Member::parse(&text) {
+            prop_assert!(!member.user_id.is_empty() && member.user_id.len() <= MAX_USER_ID_BYTES);
+        }
+    }
+
+    /// Any sequence of subscribes and leaves keeps the counts consistent with a
+    /// model, and emits one member_added per user's first connection and one
+    /// member_removed per last.
+    #[test]
+    fn transitions_match_a_model(ops in proptest::collection::vec((any::<bool>(), 0u64..6, 0u8..3), 0..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let (state, sink) = state();
+            let room = ch("presence-p");
+            let mut model: std::collections::BTreeMap<u64, u8> = Default::default();
+            let (mut added, mut removed) = (0, 0);
+            for (join, socket, user) in ops {
+                let key = sock(1, socket);
+                let users_before: std::collections::BTreeSet<u8> = model.values().copied().collect();
+                if join {
+                    state.subscribe("1", &room, key, member(&user.to_string(), "{}")).await;
+                    model.entry(socket).or_insert(user);
+                } else {
+                    state.left("1", &room, key);
+                    model.remove(&socket);
+                }
+                let users_after: std::collections::BTreeSet<u8> = model.values().copied().collect();
+                added += users_after.difference(&users_before).count();
+                removed += users_before.difference(&users_after).count();
+                let info = state.channel("1", &room).await;
+                assert_eq!(info.subscription_count, model.len());
+                assert_eq!(info.user_count, Some(users_after.len()));
+            }
+            let published = sink.published.lock().unwrap();
+            let count = |e: &str| published.iter().filter(|p| p.2 == e).count();
+            assert_eq!(count("pusher_internal:member_added"), added);
+            assert_eq!(count("pusher_internal:member_removed"), removed);
+        });
+    }
+}
