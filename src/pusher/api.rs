@@ -30,10 +30,15 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
 
+use bytestring::ByteString;
+
 use crate::app::AppState;
 use crate::ingress::throttle::WarnThrottle;
+use crate::push::{EventName, Ingress, Name};
 use crate::pusher::apps::PusherApp;
-use crate::pusher::channel::Channel;
+use crate::pusher::channel::{Channel, ChannelKind};
+use crate::pusher::state::ChannelState;
+use crate::pusher::Publisher;
 use crate::pusher::sign::{self, ApiParams, ApiRequest};
 use crate::pusher::trigger::{self, Event, Info, Limits};
 
@@ -348,7 +353,7 @@ async fn users(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
 /// `POST /apps/{id}/users/{uid}/terminate_connections`.
 async fn terminate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Reply {
     let app = app_by_id(&state, &req);
-    terminate_for(req, payload, state, app).await
+    terminate_for(&req, payload, &state, app).await
 }
 
 /// `POST /users/{uid}/terminate_connections` (the Python SDK's path): the app
@@ -361,7 +366,7 @@ async fn terminate_python(
 ) -> Reply {
     let key = sign_key(req.query_string());
     let app = key.and_then(|key| state.settings.pusher.apps.iter().find(|a| a.key == key));
-    terminate_for(req, payload, state.clone(), app).await
+    terminate_for(&req, payload, &state, app).await
 }
 
 /// The `auth_key` of a raw query.
@@ -371,16 +376,16 @@ fn sign_key(query: &str) -> Option<String> {
 }
 
 async fn terminate_for(
-    req: HttpRequest,
+    req: &HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: &AppState,
     app: Option<&PusherApp>,
 ) -> Reply {
-    let signed = signed(&req, payload, &state, app, SMALL_BODY_BYTES).await?;
+    let signed = signed(req, payload, state, app, SMALL_BODY_BYTES).await?;
     let raw = req.match_info().get("user_id").unwrap_or("");
     let uid = crate::push::Name::try_from(raw)
-        .map_err(|e| refuse(&state, "pusher_api_request", 400, format!("user id {e}")))?;
-    terminate_user(&state, signed.app, uid).await;
+        .map_err(|e| refuse(state, "pusher_api_request", 400, format!("user id {e}")))?;
+    terminate_user(state, signed.app, uid).await;
     ok(json!({}))
 }
 
@@ -474,4 +479,12 @@ async fn channel_users(state: &AppState, app: &PusherApp, channel: &Channel) -> 
 /// Closes `uid`'s signed-in connections of `app` on every node.
 async fn terminate_user(state: &AppState, app: &PusherApp, uid: Name) {
     publisher(state).terminate_user(app, &uid).await;
+}
+
+fn channel_state(state: &AppState) -> &ChannelState {
+    &state.channels
+}
+
+fn publisher(state: &AppState) -> Publisher {
+    Publisher::new(state.bus.clone(), &state.settings.pusher)
 }

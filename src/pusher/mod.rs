@@ -1,6 +1,7 @@
 //! Pusher Channels mode (issue 14; PUSHER-NOTES.md; DESIGN.md "Pusher Channels
 //! mode"): pusher-js, laravel-echo and the Pusher server SDKs talk to scenecast.
 //!
+//! - [`api`]: the HTTP API `/apps/{id}/...` the server SDKs call;
 //! - [`apps`]: the `[pusher]` settings and their validation;
 //! - [`channel`]: channel names and kinds (`private-`, `presence-`, `#server-to-user-`…);
 //! - [`sign`]: every HMAC check (subscriptions, sign-in, HTTP API requests, webhooks);
@@ -9,6 +10,7 @@
 //! - [`webhook`]: the batched, signed, retrying webhook sender;
 //! - [`state`]: subscriptions, presence members, cache channels and their transitions.
 
+pub mod api;
 pub mod apps;
 pub mod channel;
 pub mod protocol;
