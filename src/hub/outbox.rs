@@ -350,6 +350,20 @@ pub struct Outbox {
     /// Opened with `?recover=1`: pushes come as `{"type":"push",...}` frames through
     /// [`Outbox::offer_push`], starting held (see [`Recovering`]).
     recover: bool,
+    /// A Pusher connection (`/app/{key}`): pushes come as Pusher channel events.
+    pusher: bool,
+}
+
+/// How a connection takes pushes: the frame kinds a push is framed into, once
+/// each, lazily, for all the connections of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The payload as the frame text (native).
+    Raw,
+    /// `{"type":"push","offset",…}` envelopes (native `?recover=1`).
+    Recover,
+    /// `{"event","channel","data"}` (Pusher).
+    Pusher,
 }
 
 impl Outbox {
@@ -359,6 +373,13 @@ impl Outbox {
 
     /// The outbox of hub connection `id`; with `recover`, holding (see [`Recovering`]).
     pub fn for_conn(limit_bytes: usize, worker: usize, id: u64, recover: bool) -> Self {
+        let kind = if recover { Kind::Recover } else { Kind::Raw };
+        Self::of_kind(limit_bytes, worker, id, kind)
+    }
+
+    /// The outbox of hub connection `id` taking pushes as `kind`.
+    pub fn of_kind(limit_bytes: usize, worker: usize, id: u64, kind: Kind) -> Self {
+        let recover = kind == Kind::Recover;
         let state = State {
             recovering: recover.then(|| Recovering {
                 holding: true,
@@ -374,7 +395,13 @@ impl Outbox {
             worker,
             id,
             recover,
+            pusher: kind == Kind::Pusher,
         }
+    }
+
+    /// Whether this is a Pusher connection's outbox.
+    pub fn is_pusher(&self) -> bool {
+        self.pusher
     }
 
     /// The hub's number for this connection.

@@ -313,7 +313,7 @@ async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let count = state.registry.count(&target).await;
     let name = match &target {
         Target::Page(n) | Target::Uid(n) => n.to_string(),
-        Target::All | Target::Conn(_) => String::new(),
+        Target::All | Target::Conn(_) | Target::Channel(..) => String::new(),
     };
     Ok(HttpResponse::Ok().json(json!({
         "code": 200,

@@ -13,11 +13,11 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::push::{ConnKey, EventName};
 use crate::pusher::channel::{Channel, ChannelError};
-use crate::push::ConnKey;
 
 /// Longest event name, in bytes (the SDKs' limit: 200 characters).
-pub const MAX_EVENT_NAME_BYTES: usize = 200;
+pub const MAX_EVENT_NAME_BYTES: usize = crate::push::MAX_EVENT_BYTES;
 
 /// What one API key may ask of one request (from the app's settings and
 /// `server.max_message_bytes`).
@@ -86,9 +86,9 @@ impl Info {
 pub struct Event {
     /// Distinct channels, in the order given.
     pub channels: Vec<Channel>,
-    /// 1..=[`MAX_EVENT_NAME_BYTES`] bytes, no control characters, not `pusher:` or
-    /// `pusher_internal:` (those names are the protocol's own).
-    pub name: String,
+    /// An [`EventName`] (1..=[`MAX_EVENT_NAME_BYTES`] bytes, no control characters),
+    /// not `pusher:` or `pusher_internal:` (those names are the protocol's own).
+    pub name: EventName,
     /// The `data` string as sent; subscribers receive it as the frame's `data`,
     /// native page connections as the frame text.
     pub data: String,
@@ -109,12 +109,13 @@ pub enum TriggerError {
     #[error("too many channels: {given}, at most {max} per event")]
     TooManyChannels { given: usize, max: usize },
     #[error("channel {channel:?}: {error}")]
-    Channel { channel: String, error: ChannelError },
+    Channel {
+        channel: String,
+        error: ChannelError,
+    },
     #[error("an event on an encrypted channel must name that channel only")]
     EncryptedWithOthers,
-    #[error(
-        "event name must be 1..={MAX_EVENT_NAME_BYTES} bytes without control characters"
-    )]
+    #[error("event name must be 1..={MAX_EVENT_NAME_BYTES} bytes without control characters")]
     Name,
     #[error("event names starting with pusher: or pusher_internal: are reserved")]
     ReservedName,
@@ -212,7 +213,7 @@ fn check(raw: RawEvent<'_>, limits: &Limits) -> Result<Event, TriggerError> {
     if channels.len() > 1 && channels.iter().any(|c| c.kind().is_encrypted()) {
         return Err(TriggerError::EncryptedWithOthers);
     }
-    check_name(&raw.name)?;
+    let name = check_name(&raw.name)?;
     let data = raw.data.get();
     if !data.starts_with('"') {
         return Err(TriggerError::DataNotString);
@@ -230,25 +231,22 @@ fn check(raw: RawEvent<'_>, limits: &Limits) -> Result<Event, TriggerError> {
     };
     Ok(Event {
         channels,
-        name: raw.name,
+        name,
         data,
         exclude,
         info: Info::parse(raw.info.as_deref())?,
     })
 }
 
-fn check_name(name: &str) -> Result<(), TriggerError> {
-    if name.is_empty() || name.len() > MAX_EVENT_NAME_BYTES || name.chars().any(char::is_control)
-    {
-        return Err(TriggerError::Name);
-    }
+fn check_name(name: &str) -> Result<EventName, TriggerError> {
+    let checked = EventName::try_from(name).map_err(|_| TriggerError::Name)?;
     // pusher-js handles `pusher_internal:*` on a channel itself (members, the
     // subscription state) and Echo reads `pusher:subscription_error`: an API event
     // with those names would corrupt the clients' state.
     if name.starts_with("pusher:") || name.starts_with("pusher_internal:") {
         return Err(TriggerError::ReservedName);
     }
-    Ok(())
+    Ok(checked)
 }
 
 #[cfg(test)]
@@ -276,9 +274,15 @@ mod tests {
             e.channels.iter().map(Channel::as_str).collect::<Vec<_>>(),
             ["a", "private-b"]
         );
-        assert_eq!(e.name, "Ev");
+        assert_eq!(e.name.as_str(), "Ev");
         assert_eq!(e.data, r#"{"a":1}"#);
-        assert_eq!(e.exclude, Some(ConnKey { node: 12, local: 34 }));
+        assert_eq!(
+            e.exclude,
+            Some(ConnKey {
+                node: 12,
+                local: 34
+            })
+        );
         assert_eq!(
             e.info,
             Info {
@@ -295,7 +299,10 @@ mod tests {
     fn refusals_name_the_problem() {
         for (body, want) in [
             (r#"{"name":"e","data":"x"}"#, TriggerError::NoChannels),
-            (r#"{"name":"e","data":"x","channels":[]}"#, TriggerError::NoChannels),
+            (
+                r#"{"name":"e","data":"x","channels":[]}"#,
+                TriggerError::NoChannels,
+            ),
             (
                 r#"{"name":"e","data":"x","channels":["a"],"channel":"b"}"#,
                 TriggerError::BothChannelFields,
@@ -334,7 +341,14 @@ mod tests {
             ),
         ] {
             assert_eq!(event(body), Err(want.clone()), "{body}");
-            assert_eq!(want.status(), if matches!(want, TriggerError::DataTooLarge { .. }) { 413 } else { 400 });
+            assert_eq!(
+                want.status(),
+                if matches!(want, TriggerError::DataTooLarge { .. }) {
+                    413
+                } else {
+                    400
+                }
+            );
         }
         assert!(matches!(
             event(r#"{"name":"e","data":"x","channel":"a b"}"#),

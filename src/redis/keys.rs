@@ -85,6 +85,9 @@ impl RedisKeys {
             // The registry does not index connections by their cluster-wide id:
             // at most one connection matches.
             Target::Conn(_) => redis::cmd("ECHO").arg(1).clone(),
+            // The registry does not index Pusher channels of non-bridged apps (the
+            // channel state does).
+            Target::Channel(..) => redis::cmd("ECHO").arg(0).clone(),
         }
     }
 }

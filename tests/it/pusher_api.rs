@@ -100,9 +100,7 @@ impl JsClient {
         self.script
             .next_where("an event", |l| {
                 l["type"] == "event"
-                    && !l["event"]
-                        .as_str()
-                        .is_some_and(|e| e.starts_with("pusher"))
+                    && !l["event"].as_str().is_some_and(|e| e.starts_with("pusher"))
             })
             .await
     }
@@ -110,7 +108,8 @@ impl JsClient {
 
 /// A native WebSocket connection on `page`, registered.
 async fn native_page(server: &TestServer, page: &str) -> WsClient {
-    let ws = WsClient::connect(&server.ws_url(&format!("/?page={page}&token={CLIENT_TOKEN}"))).await;
+    let ws =
+        WsClient::connect(&server.ws_url(&format!("/?page={page}&token={CLIENT_TOKEN}"))).await;
     eventually("the native connection is registered", || async {
         (server.connections(&format!("page={page}")).await == 1).then_some(())
     })
@@ -211,11 +210,20 @@ async fn batches_from_both_sdks_arrive_in_order() {
     .await;
     assert_eq!(lines[0]["result"], json!({}), "{lines:?}");
     let one = js.next_event().await;
-    assert_eq!((&one["event"], &one["data"]), (&json!("one"), &json!({"n": 1})));
+    assert_eq!(
+        (&one["event"], &one["data"]),
+        (&json!("one"), &json!({"n": 1}))
+    );
     let two = js.next_event().await;
-    assert_eq!((&two["event"], &two["data"]), (&json!("two"), &json!("plain text")));
+    assert_eq!(
+        (&two["event"], &two["data"]),
+        (&json!("two"), &json!("plain text"))
+    );
     let four = js.next_event().await;
-    assert_eq!((&four["event"], &four["data"]), (&json!("four"), &json!({"n": 4})));
+    assert_eq!(
+        (&four["event"], &four["data"]),
+        (&json!("four"), &json!({"n": 4}))
+    );
     // Over max_batch (3): refused whole, nothing published.
     let five: Vec<Value> = (0..4)
         .map(|i| json!({"channel": "feed", "name": format!("over{i}"), "data": "x"}))
@@ -228,7 +236,10 @@ async fn batches_from_both_sdks_arrive_in_order() {
     .await;
     let (status, body) = node_refused(&lines[0]);
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("at most 3"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 3"),
+        "{body}"
+    );
     assert_eq!(js.next_event().await["event"], "marker");
     server.stop().await;
 }
@@ -417,8 +428,12 @@ async fn refusals_are_documented_json_and_publish_nothing() {
     // Wrong secret: 401 from the Node SDK and the Python SDK's own error class.
     let wrong = clients::node(
         "sdk.js",
-        &sdk_args(&server, "not-the-secret", json!([
-            {"op": "trigger", "channels": ["guarded"], "event": "e", "data": "x"}])),
+        &sdk_args(
+            &server,
+            "not-the-secret",
+            json!([
+            {"op": "trigger", "channels": ["guarded"], "event": "e", "data": "x"}]),
+        ),
     )
     .await;
     let (status, body) = node_refused(&wrong[0]);
@@ -426,8 +441,12 @@ async fn refusals_are_documented_json_and_publish_nothing() {
     assert_eq!(body["error"], "invalid signature");
     let wrong = clients::python(
         "sdk.py",
-        &sdk_args(&server, "not-the-secret", json!([
-            {"op": "trigger", "channels": ["guarded"], "event": "e", "data": "x"}])),
+        &sdk_args(
+            &server,
+            "not-the-secret",
+            json!([
+            {"op": "trigger", "channels": ["guarded"], "event": "e", "data": "x"}]),
+        ),
     )
     .await;
     assert_eq!(wrong[0]["error_type"], "PusherBadAuth", "{wrong:?}");
@@ -436,17 +455,31 @@ async fn refusals_are_documented_json_and_publish_nothing() {
     for stamp in [now() - 700, now() + 700] {
         let (status, body) = raw_post(&server, &path, &signed(stamp, &event), &event).await;
         assert_eq!(status, 401, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("timestamp"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("timestamp"),
+            "{body}"
+        );
     }
     // A body that is not the one signed (body_md5 mismatch): 401.
     let query = signed(now(), &event);
     let other = event.replace("\"x\"", "\"y\"");
     let (status, body) = raw_post(&server, &path, &query, &other).await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("body_md5"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("body_md5"),
+        "{body}"
+    );
     // Unknown app: 404.
     let other_path = "/apps/999/events";
-    let query = sign_api_request(KEY, SECRET, "POST", other_path, &[], event.as_bytes(), now());
+    let query = sign_api_request(
+        KEY,
+        SECRET,
+        "POST",
+        other_path,
+        &[],
+        event.as_bytes(),
+        now(),
+    );
     let (status, body) = raw_post(&server, other_path, &query, &event).await;
     assert_eq!((status, body["code"].as_u64()), (404, Some(404)), "{body}");
     // Over max_channels_per_event (2): 400, from the Node SDK.
@@ -457,7 +490,13 @@ async fn refusals_are_documented_json_and_publish_nothing() {
     .await;
     let (status, body) = node_refused(&lines[0]);
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("too many channels"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many channels"),
+        "{body}"
+    );
     // Data over server.max_message_bytes: 413 (the Python SDK's own limit is 10 KB).
     let lines = node_sdk(
         &server,
@@ -480,7 +519,12 @@ async fn refusals_are_documented_json_and_publish_nothing() {
     .await;
     node_ok(&lines[0]);
     assert_eq!(native.recv_text().await, "marker");
-    for reason in ["pusher_api_signature", "pusher_api_app", "pusher_api_request", "pusher_api_body"] {
+    for reason in [
+        "pusher_api_signature",
+        "pusher_api_app",
+        "pusher_api_request",
+        "pusher_api_body",
+    ] {
         assert!(server.rejected(reason).await > 0, "{reason}");
     }
     server.stop().await;
@@ -507,8 +551,11 @@ async fn python_sdk_gets_with_body_md5_are_accepted() {
 
 /// The fenced block (```{lang}) that follows `marker` in README.md.
 fn readme_block(marker: &str, lang: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let after = &readme[readme.find(marker).unwrap_or_else(|| panic!("README has {marker}"))..];
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = &readme[readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README has {marker}"))..];
     let fence = format!("```{lang}\n");
     let start = after.find(&fence).unwrap() + fence.len();
     let len = after[start..].find("```").unwrap();
@@ -538,7 +585,10 @@ async fn the_readme_laravel_guide_works_as_written() {
     ];
     let mut script = readme_block("<!-- laravel-echo", "js");
     for (name, value) in env {
-        script = script.replace(&format!("import.meta.env.{name}"), &json!(value).to_string());
+        script = script.replace(
+            &format!("import.meta.env.{name}"),
+            &json!(value).to_string(),
+        );
     }
     assert!(!script.contains("import.meta.env"), "{script}");
     // A browser's `window`, and the listener's output on stdout.
@@ -555,7 +605,8 @@ async fn the_readme_laravel_guide_works_as_written() {
     let path = clients::dir().join(&file);
     std::fs::write(&path, script).unwrap();
     let mut echo = Script::node(&file, &json!({}));
-    echo.next_where("subscribed", |l| l["type"] == "subscribed").await;
+    echo.next_where("subscribed", |l| l["type"] == "subscribed")
+        .await;
     let _ = std::fs::remove_file(&path);
     let lines = clients::node(
         "sdk.js",
@@ -565,7 +616,9 @@ async fn the_readme_laravel_guide_works_as_written() {
     )
     .await;
     assert_eq!(node_ok(&lines[0]), json!({}));
-    let got = echo.next_where("the listener", |l| l["type"] == "listen").await;
+    let got = echo
+        .next_where("the listener", |l| l["type"] == "listen")
+        .await;
     assert_eq!(got["data"], json!({"id": 5}));
     server.stop().await;
 }
