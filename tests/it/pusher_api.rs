@@ -134,7 +134,7 @@ async fn node_sdk_trigger_reaches_pusher_js_and_native_pages() {
     // The PHP SDK accepts only 200 with a JSON body: `{}`.
     assert_eq!(node_ok(&lines[0]), json!({}));
 
-    let mut got = vec![js.next_event().await, js.next_event().await];
+    let mut got = [js.next_event().await, js.next_event().await];
     got.sort_by_key(|e| e["channel"].as_str().unwrap().to_string());
     for (event, channel) in got.iter().zip(["invoices", "orders"]) {
         assert_eq!(event["channel"], channel);
