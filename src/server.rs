@@ -254,6 +254,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
     let channels = crate::pusher::state::start(&settings.pusher)
         .map_err(|e| StartError::Setup(format!("pusher webhooks: {e}")))?;
+    let pusher = crate::pusher::Publisher::new(bus.clone(), &settings.pusher, channels.clone());
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         node_id: Arc::from(node_id.as_str()),
@@ -272,6 +273,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ),
         idempotency,
         channels,
+        pusher,
     });
 
     critical.push((

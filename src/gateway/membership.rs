@@ -73,13 +73,16 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
     let settings = Settings::default();
     let hub = Hub::new(settings.server.send_queue_bytes);
     let metrics = Metrics::new(hub.clone());
+    let bus = Bus::embedded(
+        Fanout::start(hub.clone(), metrics.clone()).0,
+        &settings.history,
+    );
+    let channels = crate::pusher::ChannelState::embedded(None);
     Arc::new(AppState {
         node_id: Arc::from("test"),
         registry: Registry::Embedded(hub.clone()),
-        bus: Bus::embedded(
-            Fanout::start(hub.clone(), metrics.clone()).0,
-            &settings.history,
-        ),
+        pusher: crate::pusher::Publisher::new(bus.clone(), &settings.pusher, channels.clone()),
+        bus,
         tokens: Tokens::new(&settings.auth),
         scenes: SceneTable::compile(&settings.scene_configs()).unwrap(),
         caps: ConnectionCaps::new(max_connections, per_ip),
@@ -90,7 +93,7 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
         settings: Arc::new(settings),
         hub,
         metrics,
-        channels: crate::pusher::ChannelState::embedded(None),
+        channels,
     })
 }
 

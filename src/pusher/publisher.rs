@@ -6,11 +6,13 @@
 //! ([`Target::Page`]): its events reach native page connections too (the `data`
 //! string as the frame text); a channel of another app is [`Target::Channel`].
 
+use std::sync::Arc;
+
 use bytestring::ByteString;
 
 use crate::bus::{Bus, Published};
 use crate::push::{AppSlot, ConnKey, EventName, Name, Push, Target};
-use crate::pusher::{Channel, PusherApp, PusherSettings};
+use crate::pusher::{Channel, ChannelState, MemberSink, PusherApp, PusherSettings};
 
 /// A narrow, cheap-to-clone handle over the bus for Pusher events.
 #[derive(Clone)]
@@ -18,15 +20,41 @@ pub struct Publisher {
     bus: Bus,
     /// The bridged app's id (`[pusher]` `bridge = true`, or the only app).
     bridged: Option<AppSlot>,
+    settings: Arc<PusherSettings>,
+    /// Where events on cache channels are kept (`cache_store`).
+    channels: ChannelState,
 }
 
 impl Publisher {
-    pub fn new(bus: Bus, settings: &PusherSettings) -> Self {
-        Self {
+    /// The publisher of `settings`' apps; it also becomes `channels`' member sink
+    /// (`pusher_internal:member_added` / `_removed` go out through it).
+    pub fn new(bus: Bus, settings: &PusherSettings, channels: ChannelState) -> Self {
+        let publisher = Self {
             bus,
             bridged: settings
                 .bridged()
                 .and_then(|app| Name::try_from(app.id.as_str()).ok()),
+            settings: Arc::new(settings.clone()),
+            channels: channels.clone(),
+        };
+        channels.set_sink(Arc::new(publisher.clone()));
+        publisher
+    }
+
+    /// The bridged app, whose public channels are the native pages.
+    pub fn bridged_app(&self) -> Option<&PusherApp> {
+        let id = self.bridged.as_deref()?;
+        self.settings.by_id(id)
+    }
+
+    /// Keeps a native push to page `page` as the last event of the bridged app's
+    /// cache channel of that name (`cache-…`), as a Pusher event there would be.
+    pub fn cache_native(&self, page: &Name, event: &str, data: &str) {
+        if let Some(app) = self.bridged_app()
+            && let Ok(channel) = Channel::parse(page)
+            && channel.kind().is_cache()
+        {
+            self.channels.cache_store(&app.id, &channel, event, data);
         }
     }
 
@@ -81,6 +109,7 @@ impl Publisher {
         let Some(target) = self.target(app, channel) else {
             return nothing();
         };
+        self.channels.cache_store(&app.id, channel, &event, &data);
         let mut push = Push::new(target, data)
             .excluding(exclude)
             .with_event(Some(event));
@@ -126,6 +155,35 @@ impl Publisher {
             Some(slot) => self.bus.terminate_user(&slot, uid).await,
             None => false,
         }
+    }
+}
+
+impl MemberSink for Publisher {
+    /// Spawned: called from `Drop` paths and state workers, which must not wait.
+    fn publish(
+        &self,
+        app: &str,
+        channel: &Channel,
+        event: &'static str,
+        data: String,
+        exclude: Option<ConnKey>,
+    ) {
+        let Some(app) = self.settings.by_id(app).cloned() else {
+            return;
+        };
+        let Ok(event) = EventName::try_from(event) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let publisher = self.clone();
+        let channel = channel.clone();
+        runtime.spawn(async move {
+            publisher
+                .publish_event(&app, &channel, event, data.into(), exclude)
+                .await;
+        });
     }
 }
 
