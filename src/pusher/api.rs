@@ -394,8 +394,8 @@ async fn terminate_for(
 
 /// Publishes one checked event on each of its channels (one push per channel,
 /// framed once per channel by the fan-out), skipping `socket_id`'s connection;
-/// `#server-to-user-{uid}` goes to that user's signed-in connections. Cache
-/// channels keep the event for their next subscribers.
+/// `#server-to-user-{uid}` goes to that user's signed-in connections. (The
+/// publisher keeps events on cache channels for their next subscribers.)
 async fn publish(state: &AppState, app: &PusherApp, event: &Event) {
     let name = &event.name;
     let data = ByteString::from(event.data.as_str());
@@ -410,10 +410,7 @@ async fn publish(state: &AppState, app: &PusherApp, event: &Event) {
                         .await;
                 }
             }
-            kind => {
-                if kind.is_cache() {
-                    channel_state(state).cache_store(&app.id, channel, &event.name, &event.data);
-                }
+            _ => {
                 publisher
                     .publish_event(app, channel, name.clone(), data.clone(), event.exclude)
                     .await;
@@ -488,6 +485,6 @@ fn channel_state(state: &AppState) -> &ChannelState {
     &state.channels
 }
 
-fn publisher(state: &AppState) -> Publisher {
-    Publisher::new(state.bus.clone(), &state.settings.pusher)
+fn publisher(state: &AppState) -> &Publisher {
+    &state.pusher
 }
