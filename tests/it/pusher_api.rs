@@ -622,3 +622,34 @@ async fn the_readme_laravel_guide_works_as_written() {
     assert_eq!(got["data"], json!({"id": 5}));
     server.stop().await;
 }
+
+/// `#server-to-user-{uid}` (the Node SDK's `sendToUser` channel) on the bridged app
+/// is a uid push: the user's native tabs get the data, other users' do not.
+#[tokio::test]
+async fn server_to_user_events_reach_that_users_native_tabs() {
+    let server = server().await;
+    let connect = |uid: &'static str| {
+        let url = server.ws_url(&format!("/?page=home&uid={uid}&token={CLIENT_TOKEN}"));
+        async move { WsClient::connect(&url).await }
+    };
+    let mut seven = connect("7").await;
+    let mut eight = connect("8").await;
+    eventually("both tabs are registered", || async {
+        (server.connections("page=home").await == 2).then_some(())
+    })
+    .await;
+    let lines = node_sdk(
+        &server,
+        json!([
+            {"op": "sendToUser", "userId": "7", "event": "note", "data": "for seven"},
+            {"op": "trigger", "channels": ["home"], "event": "note", "data": "for all"},
+        ]),
+    )
+    .await;
+    assert_eq!(node_ok(&lines[0]), json!({}));
+    node_ok(&lines[1]);
+    assert_eq!(seven.recv_text().await, "for seven");
+    assert_eq!(seven.recv_text().await, "for all");
+    assert_eq!(eight.recv_text().await, "for all");
+    server.stop().await;
+}
