@@ -323,6 +323,7 @@ mod tests {
         let mut settings = Settings::default();
         settings.ops.metrics_pages = vec!["promo".into(), OTHER_PAGES.into()];
         settings.scenes = Some(vec![crate::config::SceneConfig {
+            event: None,
             func: "f".into(),
             page: Some("{page}".into()),
             uid: None,

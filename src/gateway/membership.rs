@@ -44,6 +44,28 @@ impl Membership {
         ))
     }
 
+    /// [`Membership::join`] for a Pusher connection of `app` (`bridged`: its
+    /// public channels are the native pages).
+    pub(super) fn join_pusher(
+        state: Arc<AppState>,
+        meta: &ConnMeta,
+        worker: usize,
+        slot: Slot,
+        app: crate::push::AppSlot,
+        bridged: bool,
+    ) -> Option<(Self, Arc<Outbox>)> {
+        let (id, outbox) = state.hub.open_pusher(meta.clone(), worker, app, bridged)?;
+        state.registry.opened(id, meta);
+        Some((
+            Self {
+                id,
+                state,
+                _slot: slot,
+            },
+            outbox,
+        ))
+    }
+
     pub(super) fn id(&self) -> ConnId {
         self.id
     }
@@ -61,16 +83,24 @@ impl Drop for Membership {
 /// run the gateway's parts without an HTTP server.
 #[cfg(test)]
 pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState> {
+    test_state_with(crate::config::Settings::default(), max_connections, per_ip)
+}
+
+/// [`test_state`] with `settings`.
+#[cfg(test)]
+pub(super) fn test_state_with(
+    settings: crate::config::Settings,
+    max_connections: usize,
+    per_ip: usize,
+) -> Arc<AppState> {
     use crate::auth::Tokens;
     use crate::bus::{Bus, Fanout};
-    use crate::config::Settings;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
     use crate::net::ConnectionCaps;
     use crate::registry::Registry;
     use crate::scenes::SceneTable;
 
-    let settings = Settings::default();
     let hub = Hub::new(settings.server.send_queue_bytes);
     let metrics = Metrics::new(hub.clone());
     let bus = Bus::embedded(

@@ -77,6 +77,8 @@ struct State {
     by_user: HashMap<(AppSlot, Name), Members>,
     /// Pusher connections open.
     pusher_conns: usize,
+    /// Pusher connections open per app.
+    pusher_apps: HashMap<AppSlot, usize>,
 }
 
 impl State {
@@ -332,6 +334,7 @@ impl Hub {
             Kind::Pusher,
         ));
         state.pusher_conns += 1;
+        *state.pusher_apps.entry(app.clone()).or_default() += 1;
         state.conns.insert(
             id,
             Conn {
@@ -407,19 +410,16 @@ impl Hub {
             })
     }
 
-    /// Binds Pusher connection `id` to user `uid` (`pusher:signin`); false when it
-    /// is gone, not a Pusher connection, or signed in already.
-    pub fn bind_user(&self, id: ConnId, uid: Name) -> bool {
+    /// Binds Pusher connection `id` to user `uid` (`pusher:signin`); returns its
+    /// updated metadata, `None` when it is gone, not a Pusher connection, or
+    /// signed in already.
+    pub fn bind_user(&self, id: ConnId, uid: Name) -> Option<ConnMeta> {
         let mut state = self.write();
         let state = &mut *state;
-        let Some(conn) = state.conns.get_mut(&id) else {
-            return false;
-        };
-        let Some(side) = conn.pusher.as_mut() else {
-            return false;
-        };
+        let conn = state.conns.get_mut(&id)?;
+        let side = conn.pusher.as_mut()?;
         if side.user.is_some() {
-            return false;
+            return None;
         }
         index(
             &mut state.by_user,
@@ -429,7 +429,7 @@ impl Hub {
         );
         side.user = Some(uid.clone());
         conn.meta.uid = Some(uid);
-        true
+        Some(conn.meta.clone())
     }
 
     /// The user Pusher connection `id` signed in as.
@@ -450,6 +450,11 @@ impl Hub {
             outbox.close_with(code, close.clone());
         }
         members.len()
+    }
+
+    /// Pusher connections of `app` open on this node.
+    pub fn pusher_app_len(&self, app: &str) -> usize {
+        self.read().pusher_apps.get(app).copied().unwrap_or(0)
     }
 
     /// Pusher connections open on this node.
@@ -487,6 +492,12 @@ impl Hub {
             }
             Some(side) => {
                 state.pusher_conns = state.pusher_conns.saturating_sub(1);
+                if let Some(n) = state.pusher_apps.get_mut(&side.app) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        state.pusher_apps.remove(&side.app);
+                    }
+                }
                 for target in &side.subscriptions {
                     unindex_target(state, target, id);
                 }

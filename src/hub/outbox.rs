@@ -599,6 +599,16 @@ impl Outbox {
     /// first, except to a slow consumer, who gets the close frame as soon as the
     /// socket takes it. The first close requested wins.
     pub fn close(&self, reason: CloseReason) {
+        if self.pusher {
+            // Pusher's codes: pusher-js reconnects at once on 42xx (PUSHER-NOTES
+            // §3.4), where 1001 would wait and 4001/4008 would stop it for good.
+            let code = match reason {
+                CloseReason::Shutdown => 4200,
+                CloseReason::IdleTimeout => 4201,
+                CloseReason::SlowConsumer => 4100,
+            };
+            return self.close_with(code, frame::close(code, reason.description()));
+        }
         self.close_with(reason.code(), close_frame(reason));
     }
 

@@ -215,6 +215,10 @@ struct PushRequest<'a> {
     conn: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     exclude: Option<&'a RawValue>,
+    /// The Pusher event name Pusher subscribers of the page get (default
+    /// `scenecast.push`).
+    #[serde(default)]
+    event: Option<crate::push::EventName>,
     /// Forwarded as written: key order, number spelling and spacing are the
     /// sender's, as on the text port.
     #[serde(borrow)]
@@ -278,7 +282,9 @@ async fn api_push(
             format!("message is over server.max_message_bytes ({limit})"),
         ));
     }
-    let push = Push::new(target, ByteString::from(text.to_owned())).excluding(exclude);
+    let push = Push::new(target, ByteString::from(text.to_owned()))
+        .excluding(exclude)
+        .with_event(request.event.clone());
     let publisher = state.clone();
     let publish = async move {
         let published = publisher.publish(push, Ingress::HttpApi).await;
