@@ -94,6 +94,8 @@ pub struct Metrics {
     pub history_size: prometheus_client::metrics::gauge::Gauge,
     /// Repeated idempotency keys answered with the first reply (nothing pushed).
     pub idempotent_duplicates: Counter,
+    /// The Pusher channel state's gauges and counters, once it is set.
+    pub pusher_state: crate::pusher::state::StateCollector,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -235,6 +237,8 @@ impl Metrics {
             "Repeated idempotency keys answered with the first reply, nothing pushed",
             idempotent_duplicates.clone(),
         );
+        let pusher_state = crate::pusher::state::StateCollector::default();
+        registry.register_collector(Box::new(pusher_state.clone()));
         registry.register_collector(Box::new(HubCollector {
             hub: HubHandle(hub),
             pages,
@@ -254,6 +258,7 @@ impl Metrics {
             replayed,
             history_size,
             idempotent_duplicates,
+            pusher_state,
         })
     }
 

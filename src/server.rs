@@ -228,6 +228,18 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             metrics.clone(),
         ),
     };
+    let (channels, tasks) = crate::pusher::state::start(
+        &settings.pusher,
+        commands.clone().map(|link| {
+            (
+                link,
+                crate::redis::RedisKeys::new(&settings.redis.prefix, &node_id),
+                Duration::from_secs(settings.redis.node_ttl_secs),
+            )
+        }),
+    )
+    .map_err(|e| StartError::Setup(format!("pusher webhooks: {e}")))?;
+    critical.extend(tasks);
     let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
     critical.push(("fan-out ordering", ordering));
     let bus = match commands {
@@ -252,8 +264,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             Bus::Redis(bus)
         }
     };
-    let channels = crate::pusher::state::start(&settings.pusher)
-        .map_err(|e| StartError::Setup(format!("pusher webhooks: {e}")))?;
+    metrics.pusher_state.watch(channels.clone());
+    // Also the channel state's member sink: presence joins and leaves go out
+    // through the bus.
     let pusher = crate::pusher::Publisher::new(bus.clone(), &settings.pusher, channels.clone());
     let state = web::Data::new(AppState {
         settings: settings.clone(),

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 
 use crate::bus::{Bus, Published};
 use crate::push::{AppSlot, ConnKey, EventName, Name, Push, Target};
-use crate::pusher::{Channel, ChannelState, MemberSink, PusherApp, PusherSettings};
+use crate::pusher::{Channel, ChannelState, PusherApp, PusherSettings};
 
 /// A narrow, cheap-to-clone handle over the bus for Pusher events.
 #[derive(Clone)]
@@ -37,7 +37,12 @@ impl Publisher {
             settings: Arc::new(settings.clone()),
             channels: channels.clone(),
         };
-        channels.set_sink(Arc::new(publisher.clone()));
+        // Through one ordered queue: a quick join and leave must not arrive as
+        // leave then join.
+        channels.set_sink(crate::pusher::state::PublisherSink::start(
+            publisher.clone(),
+            settings,
+        ));
         publisher
     }
 
@@ -155,35 +160,6 @@ impl Publisher {
             Some(slot) => self.bus.terminate_user(&slot, uid).await,
             None => false,
         }
-    }
-}
-
-impl MemberSink for Publisher {
-    /// Spawned: called from `Drop` paths and state workers, which must not wait.
-    fn publish(
-        &self,
-        app: &str,
-        channel: &Channel,
-        event: &'static str,
-        data: String,
-        exclude: Option<ConnKey>,
-    ) {
-        let Some(app) = self.settings.by_id(app).cloned() else {
-            return;
-        };
-        let Ok(event) = EventName::try_from(event) else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let publisher = self.clone();
-        let channel = channel.clone();
-        runtime.spawn(async move {
-            publisher
-                .publish_event(&app, &channel, event, data.into(), exclude)
-                .await;
-        });
     }
 }
 

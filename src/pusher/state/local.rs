@@ -168,7 +168,6 @@ impl Local {
 
     /// Every subscription this node holds, with its member (a Redis resync writes
     /// them).
-    #[allow(dead_code)] // the Redis mode's resync (next commit)
     pub(super) fn snapshot(&self) -> Vec<(Arc<str>, Channel, ConnKey, Option<Member>)> {
         let mut out = Vec::new();
         for (app, channels) in &self.apps {
@@ -191,7 +190,6 @@ impl Local {
 
     /// The subscriptions of one channel held here (a presence view when Redis is
     /// down).
-    #[allow(dead_code)] // the Redis mode (next commit)
     pub(super) fn view(&self, app: &str, channel: &Channel) -> Subscribed {
         let entry = self.apps.get(app).and_then(|c| c.get(channel));
         Subscribed {

@@ -26,7 +26,9 @@
 //! script's answer (bounded by a deadline) on the subscribing connection's task.
 
 mod local;
+mod metrics;
 mod redis;
+mod sink;
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -40,7 +42,9 @@ use crate::push::ConnKey;
 
 pub use self::local::CACHE_TTL;
 use self::local::Local;
+pub use self::metrics::StateCollector;
 use self::redis::RedisState;
+pub use self::sink::PublisherSink;
 
 /// An app's id (`[[pusher.apps]] id`): channel namespaces are per app.
 pub type AppId = Arc<str>;
@@ -288,8 +292,16 @@ impl Effects {
     }
 }
 
+fn effects(webhooks: Option<WebhookSender>) -> Arc<Effects> {
+    Arc::new(Effects {
+        webhooks,
+        sink: OnceLock::new(),
+        stats: StateStats::default(),
+    })
+}
+
 struct Inner {
-    local: Mutex<Local>,
+    local: Arc<Mutex<Local>>,
     effects: Arc<Effects>,
     cluster: Option<RedisState>,
 }
@@ -300,9 +312,17 @@ pub struct ChannelState {
     inner: Arc<Inner>,
 }
 
-/// The state `server::start` builds: embedded, with a webhook sender when an app
-/// has webhooks. Fails only when the webhook HTTP client cannot be built.
-pub fn start(settings: &super::PusherSettings) -> Result<ChannelState, reqwest::Error> {
+/// A task the node cannot work without, named for the supervisor.
+pub type CriticalTask = (&'static str, tokio::task::JoinHandle<()>);
+
+/// The state `server::start` builds: embedded without a Redis `link`, else in Redis
+/// under `keys` (this node's `server.node_id`; `ttl` = `redis.node_ttl_secs`), with
+/// a webhook sender when an app has webhooks. Returns the critical tasks to
+/// supervise. Fails only when the webhook HTTP client cannot be built.
+pub fn start(
+    settings: &super::PusherSettings,
+    link: Option<(crate::redis::Link, crate::redis::RedisKeys, Duration)>,
+) -> Result<(ChannelState, Vec<CriticalTask>), reqwest::Error> {
     let webhooks = if settings.apps.iter().any(|a| !a.webhooks.is_empty()) {
         Some(WebhookSender::start(
             &settings.apps,
@@ -311,7 +331,13 @@ pub fn start(settings: &super::PusherSettings) -> Result<ChannelState, reqwest::
     } else {
         None
     };
-    Ok(ChannelState::embedded(webhooks))
+    Ok(match link {
+        None => (ChannelState::embedded(webhooks), Vec::new()),
+        Some((link, keys, ttl)) => {
+            let (state, task) = ChannelState::redis(webhooks, link, keys, ttl);
+            (state, vec![("pusher channel state worker", task)])
+        }
+    })
 }
 
 /// How long [`ChannelState::subscribe`] waits for Redis before answering with this
@@ -326,17 +352,34 @@ impl ChannelState {
     }
 
     fn with_cluster(webhooks: Option<WebhookSender>, cluster: Option<RedisState>) -> Self {
+        Self::with_parts(Arc::default(), effects(webhooks), cluster)
+    }
+
+    fn with_parts(
+        local: Arc<Mutex<Local>>,
+        effects: Arc<Effects>,
+        cluster: Option<RedisState>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                local: Mutex::new(Local::default()),
-                effects: Arc::new(Effects {
-                    webhooks,
-                    sink: OnceLock::new(),
-                    stats: StateStats::default(),
-                }),
+                local,
+                effects,
                 cluster,
             }),
         }
+    }
+
+    /// The Redis state (see `redis.rs`) and its worker, a critical task.
+    pub fn redis(
+        webhooks: Option<WebhookSender>,
+        link: crate::redis::Link,
+        keys: crate::redis::RedisKeys,
+        ttl: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let local = Arc::<Mutex<Local>>::default();
+        let effects = effects(webhooks);
+        let (cluster, task) = RedisState::start(link, keys, ttl, local.clone(), effects.clone());
+        (Self::with_parts(local, effects, Some(cluster)), task)
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -395,13 +438,16 @@ impl ChannelState {
                     // Already recorded (locally and, through the worker, in Redis).
                     return match cluster.view(app, channel).await {
                         Some(view) => view,
-                        None => local_view,
+                        None => self.local().view(app, channel),
                     };
                 }
                 cluster
                     .subscribe(app, channel, socket, member)
                     .await
-                    .unwrap_or(local_view)
+                    .unwrap_or(Subscribed {
+                        cluster_wide: false,
+                        ..local_view
+                    })
             }
         }
     }

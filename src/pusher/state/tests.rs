@@ -375,3 +375,339 @@ proptest! {
         });
     }
 }
+
+/// A private redis-server on a free port, killed on drop.
+struct TestRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl TestRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let url = format!("redis://127.0.0.1:{port}/");
+        let redis = TestRedis { child, url };
+        for _ in 0..200 {
+            if redis.conn().is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn conn(&self) -> ::redis::RedisResult<::redis::Connection> {
+        let mut conn = ::redis::Client::open(self.url.as_str())?.get_connection()?;
+        ::redis::cmd("PING").query::<()>(&mut conn)?;
+        Ok(conn)
+    }
+
+    fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> T {
+        cmd.query(&mut self.conn().unwrap()).unwrap()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node's state in Redis, its liveness key held (as its registry would).
+struct TestNode {
+    state: ChannelState,
+    sink: Arc<Sink>,
+    task: tokio::task::JoinHandle<()>,
+    alive: String,
+}
+
+impl TestNode {
+    fn start(redis: &TestRedis, node: &str, ttl: Duration) -> Self {
+        let alive = format!("t:node:{node}:alive");
+        redis.query::<()>(::redis::cmd("SET").arg(&alive).arg("x"));
+        let link = crate::redis::Link::open("commands", &redis.url, None).unwrap();
+        let (state, task) =
+            ChannelState::redis(None, link, crate::redis::RedisKeys::new("t", node), ttl);
+        let sink = Arc::new(Sink::default());
+        state.set_sink(sink.clone());
+        Self {
+            state,
+            sink,
+            task,
+            alive,
+        }
+    }
+
+    fn events(&self, event: &str) -> Vec<String> {
+        self.sink
+            .published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.2 == event)
+            .map(|p| p.3.clone())
+            .collect()
+    }
+
+    /// The node dies: its worker stops and its liveness key goes.
+    fn crash(self, redis: &TestRedis) -> Arc<Sink> {
+        self.task.abort();
+        redis.query::<()>(::redis::cmd("DEL").arg(&self.alive));
+        self.sink
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Presence across two nodes: member lists are cluster-wide, a user with a tab
+/// on each node is added once and removed once, when the last tab leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_two_nodes_in_redis() {
+    let redis = TestRedis::start();
+    let a = TestNode::start(&redis, "a", Duration::from_secs(10));
+    let b = TestNode::start(&redis, "b", Duration::from_secs(10));
+    let room = ch("presence-room");
+    // Wait for the first resync of each worker: until then subscribes answer locally.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ann = a
+        .state
+        .subscribe("1", &room, sock(1, 1), member("ann", r#"{"n":1}"#))
+        .await;
+    assert!(ann.cluster_wide && ann.new);
+    let bob = b
+        .state
+        .subscribe("1", &room, sock(2, 1), member("bob", "null"))
+        .await;
+    assert!(bob.cluster_wide);
+    assert_eq!(
+        bob.presence.unwrap().ids().collect::<Vec<_>>(),
+        ["ann", "bob"],
+        "node b sees node a's member"
+    );
+    // Ann's second tab, on node b.
+    let ann2 = b
+        .state
+        .subscribe("1", &room, sock(2, 2), member("ann", r#"{"n":2}"#))
+        .await;
+    assert_eq!(ann2.presence.as_ref().unwrap().members.len(), 2);
+    assert_eq!(ann2.subscription_count, 3);
+    let added: Vec<String> = [
+        a.events("pusher_internal:member_added"),
+        b.events("pusher_internal:member_added"),
+    ]
+    .concat();
+    assert_eq!(added.len(), 2, "ann once, bob once: {added:?}");
+    let info = a.state.channel("1", &room).await;
+    assert_eq!(
+        (
+            info.occupied,
+            info.subscription_count,
+            info.user_count,
+            info.cluster_wide
+        ),
+        (true, 3, Some(2), true)
+    );
+    assert_eq!(a.state.channels("1", "presence-").await.len(), 1);
+    assert_eq!(
+        a.state
+            .stats()
+            .occupied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        b.state
+            .stats()
+            .occupied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // Ann's tab on a closes: she is still there (her tab on b).
+    a.state.left("1", &room, sock(1, 1));
+    eventually("a's leave written", || {
+        let n: usize = redis.query(::redis::cmd("HLEN").arg("t:pusher:1:ch:presence-room:socks"));
+        n == 2
+    })
+    .await;
+    assert!(a.events("pusher_internal:member_removed").is_empty());
+    assert_eq!(b.state.users("1", &room).await.len(), 2);
+    // Her last tab closes: removed once.
+    b.state.left("1", &room, sock(2, 2));
+    eventually("member_removed", || {
+        b.events("pusher_internal:member_removed") == [r#"{"user_id":"ann"}"#]
+    })
+    .await;
+    b.state.left("1", &room, sock(2, 1));
+    eventually("vacated", || {
+        b.state
+            .stats()
+            .vacated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert!(!a.state.channel("1", &room).await.occupied);
+    assert!(a.state.channels("1", "").await.is_empty());
+    // Nothing left in Redis but the node sets.
+    let mut keys: Vec<String> = redis.query(::redis::cmd("KEYS").arg("t:pusher:*"));
+    keys.sort();
+    assert_eq!(keys, ["t:pusher:nodes"]);
+}
+
+/// A node dies: its peers' purge removes its sockets, and its users' member_removed
+/// and its channels' vacated are carried out exactly once across the surviving nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_members_are_removed_once() {
+    let redis = TestRedis::start();
+    let ttl = Duration::from_secs(2);
+    let a = TestNode::start(&redis, "a", ttl);
+    let b = TestNode::start(&redis, "b", ttl);
+    let c = TestNode::start(&redis, "c", ttl);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let room = ch("presence-room");
+    let solo = ch("private-solo");
+    a.state
+        .subscribe("1", &room, sock(1, 1), member("ann", "null"))
+        .await;
+    b.state
+        .subscribe("1", &room, sock(2, 1), member("bob", "null"))
+        .await;
+    b.state
+        .subscribe("1", &room, sock(2, 2), member("bob", "null"))
+        .await;
+    b.state.subscribe("1", &solo, sock(2, 1), None).await;
+    c.state
+        .subscribe("1", &room, sock(3, 1), member("ann", "null"))
+        .await;
+
+    let b_sink = b.crash(&redis);
+    eventually("b's entries purged", || {
+        let n: usize = redis.query(::redis::cmd("HLEN").arg("t:pusher:1:ch:presence-room:socks"));
+        n == 2
+    })
+    .await;
+    // Give the other survivor a few beats to (not) purge again.
+    tokio::time::sleep(ttl).await;
+    let removed: Vec<String> = [
+        a.events("pusher_internal:member_removed"),
+        c.events("pusher_internal:member_removed"),
+    ]
+    .concat();
+    assert_eq!(removed, [r#"{"user_id":"bob"}"#], "bob removed once");
+    let vacated = a
+        .state
+        .stats()
+        .vacated
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + c.state
+            .stats()
+            .vacated
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        vacated, 1,
+        "private-solo vacated once, presence-room not at all"
+    );
+    assert!(
+        b_sink
+            .published
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| p.2 != "pusher_internal:member_removed")
+    );
+    assert_eq!(a.state.users("1", &room).await.len(), 1);
+    assert!(!a.state.channel("1", &solo).await.occupied);
+    let nodes: Vec<String> = redis.query(::redis::cmd("SMEMBERS").arg("t:pusher:nodes"));
+    assert!(!nodes.contains(&"b".to_string()));
+
+    // A graceful stop removes a's entries at once; ann stays (her tab on c).
+    a.state.shutdown().await;
+    assert_eq!(c.state.users("1", &room).await.len(), 1);
+    assert_eq!(c.state.channel("1", &room).await.subscription_count, 1);
+}
+
+/// A node purged by its peers while it was cut off writes its subscriptions
+/// again (and its members are added again) once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_node_writes_its_entries_again() {
+    let redis = TestRedis::start();
+    let ttl = Duration::from_secs(2);
+    let a = TestNode::start(&redis, "a", ttl);
+    let b = TestNode::start(&redis, "b", ttl);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let room = ch("presence-room");
+    b.state
+        .subscribe("1", &room, sock(2, 1), member("bob", "null"))
+        .await;
+    // b's liveness key goes (its registry stalled): a purges it.
+    redis.query::<()>(::redis::cmd("DEL").arg(&b.alive));
+    eventually("b purged", || {
+        a.events("pusher_internal:member_removed").len() == 1
+    })
+    .await;
+    // b's registry beats again; b notices and writes its entries again.
+    redis.query::<()>(::redis::cmd("SET").arg(&b.alive).arg("x"));
+    eventually("b re-registered", || {
+        let n: usize = redis.query(::redis::cmd("HLEN").arg("t:pusher:1:ch:presence-room:socks"));
+        n == 1
+    })
+    .await;
+    assert_eq!(
+        a.state.users("1", &room).await,
+        vec![Arc::<str>::from("bob")]
+    );
+    assert_eq!(
+        b.events("pusher_internal:member_added").len(),
+        2,
+        "added at subscribe and again after the purge"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_channels_in_redis() {
+    let redis = TestRedis::start();
+    let a = TestNode::start(&redis, "a", Duration::from_secs(10));
+    let b = TestNode::start(&redis, "b", Duration::from_secs(10));
+    let cache = ch("cache-prices");
+    a.state.cache_store("1", &cache, "tick", "42");
+    let expected = Some(CachedEvent {
+        event: "tick".into(),
+        data: "42".into(),
+    });
+    for _ in 0..100 {
+        if b.state.cache_last("1", &cache).await == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.state.cache_last("1", &cache).await,
+        expected,
+        "node b reads a's event"
+    );
+    let ttl: i64 = redis.query(::redis::cmd("TTL").arg("t:pusher:1:cache:cache-prices"));
+    assert!(ttl > 1700 && ttl <= 1800, "{ttl}");
+    // A value that does not parse is a miss.
+    redis.query::<()>(::redis::cmd("SET").arg("t:pusher:1:cache:cache-x").arg("{"));
+    assert_eq!(b.state.cache_last("1", &ch("cache-x")).await, None);
+}
