@@ -210,12 +210,7 @@ pub(super) enum After {
 }
 
 impl PusherConn {
-    fn new(
-        state: Arc<AppState>,
-        app: PusherApp,
-        id: ConnId,
-        socket_id: ConnKey,
-    ) -> Self {
+    fn new(state: Arc<AppState>, app: PusherApp, id: ConnId, socket_id: ConnKey) -> Self {
         Self {
             state,
             app,
@@ -262,7 +257,10 @@ impl PusherConn {
                 event,
                 channel,
                 data,
-            } => self.client_event(outbox, &event, &channel, data.get()).await,
+            } => {
+                self.client_event(outbox, &event, &channel, data.get())
+                    .await
+            }
         }
         After::Nothing
     }
@@ -523,10 +521,7 @@ client_events = true
         let id = membership.id();
         std::mem::forget(membership);
         let key = state.hub.conn_key(id);
-        (
-            PusherConn::new(state, app, id, key),
-            outbox,
-        )
+        (PusherConn::new(state, app, id, key), outbox)
     }
 
     #[test]

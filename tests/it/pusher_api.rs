@@ -106,12 +106,14 @@ impl JsClient {
     }
 }
 
-/// A native WebSocket connection on `page`, registered.
+/// A native WebSocket connection on `page`, registered (the page's count, which
+/// includes Pusher subscribers of the same channel, went up by one).
 async fn native_page(server: &TestServer, page: &str) -> WsClient {
-    let ws =
-        WsClient::connect(&server.ws_url(&format!("/?page={page}&token={CLIENT_TOKEN}"))).await;
+    let target = format!("page={page}");
+    let before = server.connections(&target).await;
+    let ws = WsClient::connect(&server.ws_url(&format!("/?{target}&token={CLIENT_TOKEN}"))).await;
     eventually("the native connection is registered", || async {
-        (server.connections(&format!("page={page}")).await == 1).then_some(())
+        (server.connections(&target).await == before + 1).then_some(())
     })
     .await;
     ws
