@@ -888,6 +888,7 @@ mod tests {
                     &[],
                     Some(peer),
                     None,
+                    None,
                 );
                 tokio::task::yield_now().await;
                 assert_eq!(state.hub.len(), 1);

@@ -778,6 +778,69 @@ mod tests {
     }
 
     #[test]
+    fn pusher_subscribers_share_one_event_frame_and_natives_get_the_payload() {
+        use crate::push::EventName;
+        let hub = Hub::new(1 << 20);
+        let (_, native) = hub.open(meta(Some("orders"), None), 0).unwrap();
+        let (a, bridged) = hub
+            .open_pusher(meta(None, None), 0, name("1"), true)
+            .unwrap();
+        let (b, other) = hub
+            .open_pusher(meta(None, None), 0, name("2"), false)
+            .unwrap();
+        assert!(hub.subscribe(a, &name("orders")));
+        assert!(!hub.subscribe(a, &name("orders")), "subscribed once");
+        assert!(hub.subscribe(b, &name("orders")));
+        assert_eq!(hub.count(&Target::Page(name("orders"))), 2);
+
+        let push = Push::new(Target::Page(name("orders")), r#"{"id":1}"#)
+            .with_event(Some(EventName::try_from("paid").unwrap()));
+        assert_eq!(hub.deliver(&push).delivered, 2);
+        assert_eq!(drained(&native), [r#"{"id":1}"#]);
+        assert_eq!(
+            drained(&bridged),
+            [r#"{"event":"paid","channel":"orders","data":"{\"id\":1}"}"#]
+        );
+        assert!(
+            drained(&other).is_empty(),
+            "app 2's orders is another channel"
+        );
+
+        let push = Push::new(Target::Channel(name("2"), name("orders")), "x");
+        assert_eq!(hub.deliver(&push).delivered, 1);
+        assert_eq!(
+            drained(&other),
+            [r#"{"event":"scenecast.push","channel":"orders","data":"x"}"#]
+        );
+        assert_eq!(hub.deliver(&Push::new(Target::All, "all")).delivered, 1);
+        assert_eq!(drained(&native), ["all"]);
+        assert!(drained(&bridged).is_empty(), "all is native only");
+
+        // A signed-in user's #server-to-user channel takes that uid's pushes.
+        assert!(hub.bind_user(a, name("7")).is_some());
+        assert!(hub.bind_user(a, name("8")).is_none(), "signed in once");
+        assert!(hub.subscribe(a, &name("#server-to-user-7")));
+        assert_eq!(
+            hub.deliver(&Push::new(Target::Uid(name("7")), "u"))
+                .delivered,
+            1
+        );
+        assert_eq!(
+            drained(&bridged),
+            [r##"{"event":"scenecast.push","channel":"#server-to-user-7","data":"u"}"##]
+        );
+        assert_eq!(hub.terminate_user(&name("1"), &name("7"), 4009, "bye"), 1);
+        assert_eq!(bridged.closing(), Some(4009));
+
+        hub.close(a);
+        hub.close(b);
+        assert_eq!(hub.count(&Target::Page(name("orders"))), 1);
+        assert_eq!(hub.pusher_len(), 0);
+        assert_eq!(hub.pusher_app_len("1"), 0);
+        assert_eq!(hub.terminate_user(&name("1"), &name("7"), 4009, "bye"), 0);
+    }
+
+    #[test]
     fn a_stopped_hub_closes_everyone_and_opens_nobody() {
         let hub = Hub::new(1 << 20);
         let (_, open) = hub.open(meta(Some("home"), None), 0).unwrap();
