@@ -130,7 +130,6 @@ fn framing(c: &mut Criterion) {
 
 fn scene_rendering(c: &mut Criterion) {
     let configs = [SceneConfig {
-        event: None,
         func: "pushHomeLogic".into(),
         page: Some("{page}".into()),
         uid: None,
