@@ -655,3 +655,68 @@ async fn server_to_user_events_reach_that_users_native_tabs() {
     assert_eq!(eight.recv_text().await, "for all");
     server.stop().await;
 }
+
+/// Two nodes on one Redis: an API call to node A reaches a pusher-js client on node
+/// B (trigger), counts it (channel info), and closes it (terminate_connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_on_one_node_act_on_another_nodes_connections() {
+    let redis = crate::common::RedisServer::start();
+    let node = |name: &'static str| {
+        let url = redis.url();
+        async move {
+            let server = TestServer::start(|s| {
+                with_app(s, 100);
+                s.redis.url = url;
+                s.redis.prefix = "papi".into();
+                s.server.node_id = name.into();
+            })
+            .await;
+            eventually("the node says its Redis links are up", || async {
+                let (_, health) = server.get_json("/healthz").await;
+                (health["status"] == "ok").then_some(())
+            })
+            .await;
+            server
+        }
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+    let mut js = JsClient::connect(&b, json!({"user": {"id": "7"}})).await;
+    js.script.send(&json!({"cmd": "signin"})).await;
+    js.script
+        .next_where("signed_in", |l| l["type"] == "signed_in")
+        .await;
+    js.subscribe("orders").await;
+
+    let lines = node_sdk(
+        &a,
+        json!([
+            {"op": "trigger", "channels": ["orders"], "event": "paid", "data": "from a"},
+            {"op": "get", "path": "/channels/orders", "params": {"info": "subscription_count"}},
+        ]),
+    )
+    .await;
+    assert_eq!(node_ok(&lines[0]), json!({}));
+    let event = js.next_event().await;
+    assert_eq!(
+        (&event["event"], &event["data"]),
+        (&json!("paid"), &json!("from a"))
+    );
+    assert_eq!(
+        node_ok(&lines[1]),
+        json!({"occupied": true, "subscription_count": 1})
+    );
+    let lines = node_sdk(
+        &a,
+        json!([{"op": "terminateUserConnections", "userId": "7"}]),
+    )
+    .await;
+    assert_eq!(node_ok(&lines[0]), json!({}));
+    js.script
+        .next_where("the connection leaves connected", |l| {
+            l["type"] == "state" && l["previous"] == "connected"
+        })
+        .await;
+    a.stop().await;
+    b.stop().await;
+}
