@@ -551,6 +551,15 @@ async fn python_sdk_gets_with_body_md5_are_accepted() {
     server.stop().await;
 }
 
+/// Deletes a generated file, also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The fenced block (```{lang}) that follows `marker` in README.md.
 fn readme_block(marker: &str, lang: &str) -> String {
     let readme =
@@ -585,31 +594,42 @@ async fn the_readme_laravel_guide_works_as_written() {
         ("VITE_PUSHER_SCHEME", "http"),
         ("VITE_PUSHER_APP_CLUSTER", "mt1"),
     ];
-    let mut script = readme_block("<!-- laravel-echo", "js");
-    for (name, value) in env {
-        script = script.replace(
-            &format!("import.meta.env.{name}"),
-            &json!(value).to_string(),
+    let block = readme_block("<!-- laravel-echo", "js");
+    // As written (the `pusher` broadcaster), and with the `reverb` broadcaster and the
+    // VITE_REVERB_* names (the reverb .env block has no cluster: Vite gives undefined).
+    let reverb = block
+        .replace("broadcaster: 'pusher'", "broadcaster: 'reverb'")
+        .replace("VITE_PUSHER_", "VITE_REVERB_");
+    assert!(reverb.contains("'reverb'"), "{block}");
+    let mut listeners = Vec::new();
+    for (variant, mut script) in [("pusher", block.clone()), ("reverb", reverb)] {
+        for (name, value) in env {
+            let name = name.replace("VITE_PUSHER_", &format!("VITE_{}_", variant.to_uppercase()));
+            let value = match name.as_str() {
+                "VITE_REVERB_APP_CLUSTER" => "undefined".to_string(),
+                _ => json!(value).to_string(),
+            };
+            script = script.replace(&format!("import.meta.env.{name}"), &value);
+        }
+        assert!(!script.contains("import.meta.env"), "{script}");
+        // A browser's `window`, and the listener's output on stdout.
+        let script = format!(
+            "globalThis.window = globalThis;\n{}\n\
+             window.Echo.channel('orders').subscribed(() => process.stdout.write(JSON.stringify({{type: 'subscribed'}}) + '\\n'));\n",
+            script.replace(
+                "console.log(e)",
+                "process.stdout.write(JSON.stringify({type: 'listen', data: e}) + '\\n')"
+            )
         );
+        let file = format!("readme-echo-{variant}-{}-{port}.mjs", std::process::id());
+        let path = clients::dir().join(&file);
+        std::fs::write(&path, script).unwrap();
+        let _remove = RemoveOnDrop(path);
+        let mut echo = Script::node(&file, &json!({}));
+        echo.next_where("subscribed", |l| l["type"] == "subscribed")
+            .await;
+        listeners.push(echo);
     }
-    assert!(!script.contains("import.meta.env"), "{script}");
-    // A browser's `window`, and the listener's output on stdout.
-    let script = format!(
-        "globalThis.window = globalThis;\n{}\nwindow.Echo.connector.pusher.connection.bind('connected', \
-         () => process.stdout.write(JSON.stringify({{type: 'connected'}}) + '\\n'));\n\
-         window.Echo.channel('orders').subscribed(() => process.stdout.write(JSON.stringify({{type: 'subscribed'}}) + '\\n'));\n",
-        script.replace(
-            "console.log(e)",
-            "process.stdout.write(JSON.stringify({type: 'listen', data: e}) + '\\n')"
-        )
-    );
-    let file = format!("readme-echo-{}-{port}.mjs", std::process::id());
-    let path = clients::dir().join(&file);
-    std::fs::write(&path, script).unwrap();
-    let mut echo = Script::node(&file, &json!({}));
-    echo.next_where("subscribed", |l| l["type"] == "subscribed")
-        .await;
-    let _ = std::fs::remove_file(&path);
     let lines = clients::node(
         "sdk.js",
         &json!({"appId": app.id, "key": app.key, "secret": app.secret, "host": "127.0.0.1",
@@ -618,10 +638,12 @@ async fn the_readme_laravel_guide_works_as_written() {
     )
     .await;
     assert_eq!(node_ok(&lines[0]), json!({}));
-    let got = echo
-        .next_where("the listener", |l| l["type"] == "listen")
-        .await;
-    assert_eq!(got["data"], json!({"id": 5}));
+    for echo in &mut listeners {
+        let got = echo
+            .next_where("the listener", |l| l["type"] == "listen")
+            .await;
+        assert_eq!(got["data"], json!({"id": 5}));
+    }
     server.stop().await;
 }
 
