@@ -137,6 +137,9 @@ struct State {
     stalled_checks: u32,
     /// `Some` for a `?recover=1` connection (see [`Recovering`]).
     recovering: Option<Recovering>,
+    /// A Pusher connection: a slow consumer is closed with 4100 (pusher-js retries
+    /// after a second) rather than 4008 (which would stop it for good).
+    pusher: bool,
 }
 
 /// A `?recover=1` connection's side of the seam between its replay and live pushes
@@ -196,13 +199,23 @@ impl State {
         self.bytes + frame.len() + FRAME_OVERHEAD <= limit
     }
 
+    /// Starts closing a slow consumer: 4008, or 4100 for a Pusher connection.
+    fn close_slow(&mut self) {
+        if self.pusher {
+            self.drop_unstarted();
+            start_closing(self, PUSHER_SLOW, frame::close(PUSHER_SLOW, "slow consumer"));
+        } else {
+            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+        }
+    }
+
     /// Queues `frame` within `limit` bytes: `Some(was_idle)` (nothing was waiting
     /// before), or `None` when it did not fit and the connection is now closing as
     /// a slow consumer.
     fn enqueue(&mut self, frame: &Bytes, limit: usize) -> Option<bool> {
         let cost = frame.len() + FRAME_OVERHEAD;
         if !self.fits(frame, limit) {
-            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+            self.close_slow();
             return None;
         }
         let was_idle = !self.has_pending();
@@ -223,7 +236,7 @@ impl State {
             return None;
         }
         if !self.fits(frame, limit) {
-            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+            self.close_slow();
             return Some(Offer::Overflowed);
         }
         self.bytes += frame.len() + FRAME_OVERHEAD;
@@ -381,6 +394,7 @@ impl Outbox {
     pub fn of_kind(limit_bytes: usize, worker: usize, id: u64, kind: Kind) -> Self {
         let recover = kind == Kind::Recover;
         let state = State {
+            pusher: kind == Kind::Pusher,
             recovering: recover.then(|| Recovering {
                 holding: true,
                 ..Recovering::default()
@@ -605,7 +619,13 @@ impl Outbox {
             let code = match reason {
                 CloseReason::Shutdown => 4200,
                 CloseReason::IdleTimeout => 4201,
-                CloseReason::SlowConsumer => 4100,
+                CloseReason::SlowConsumer => {
+                    let mut state = self.lock();
+                    if state.closing.is_none() {
+                        state.close_slow();
+                    }
+                    return;
+                }
             };
             return self.close_with(code, frame::close(code, reason.description()));
         }
@@ -728,6 +748,9 @@ fn close_frame(reason: CloseReason) -> Bytes {
     frame::close(reason.code(), reason.description())
 }
 
+/// Pusher's "over capacity, retry in a second" code, for a Pusher slow consumer.
+const PUSHER_SLOW: u16 = 4100;
+
 fn slow_close() -> Bytes {
     close_frame(CloseReason::SlowConsumer)
 }
@@ -806,6 +829,26 @@ mod tests {
         let close = outbox.try_next().unwrap();
         assert_eq!(frame::parse(&close).unwrap().1[..2], 4008u16.to_be_bytes());
         assert!(outbox.try_next().is_none());
+    }
+
+    #[test]
+    fn pusher_connections_close_with_pusher_codes() {
+        let one = frame::text("0123456789");
+        let outbox = Outbox::of_kind(2 * (one.len() + FRAME_OVERHEAD), 0, 1, Kind::Pusher);
+        assert!(outbox.is_pusher());
+        while outbox.offer(&one) == Offer::Queued {}
+        assert_eq!(outbox.closing(), Some(4100), "pusher-js retries after 1 s");
+        let close = outbox.try_next().unwrap();
+        assert_eq!(frame::parse(&close).unwrap().1[..2], 4100u16.to_be_bytes());
+        for (reason, code) in [
+            (CloseReason::Shutdown, 4200),
+            (CloseReason::IdleTimeout, 4201),
+            (CloseReason::SlowConsumer, 4100),
+        ] {
+            let outbox = Outbox::of_kind(1 << 10, 0, 1, Kind::Pusher);
+            outbox.close(reason);
+            assert_eq!(outbox.closing(), Some(code), "{reason:?}");
+        }
     }
 
     #[test]

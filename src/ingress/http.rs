@@ -343,6 +343,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         "cluster_wide": stats.cluster_wide,
         "node": &*state.node_id,
         "node_connections": state.hub.len(),
+        "node_pusher_connections": state.hub.pusher_len(),
         "pushes": state.metrics.pushes_total(),
     })))
 }

@@ -215,7 +215,15 @@ async fn public_channels_are_native_pages_both_ways() {
             crate::common::server::API_TOKEN
         ))
         .await;
-    assert!(stats.to_string().contains("orders"), "{stats}");
+    let orders = stats["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["page"] == "orders")
+        .cloned();
+    // The native page, pusher-js (raw unsubscribed).
+    assert_eq!(orders.unwrap()["connections"], 2, "{stats}");
+    assert_eq!(stats["node_pusher_connections"], 2, "{stats}");
 }
 
 #[tokio::test]
@@ -534,4 +542,62 @@ async fn laravel_echo_join_lists_members_and_follows_joins_and_leaves() {
         (left["type"].clone(), left["member"].clone()),
         (json!("leaving"), json!({"name": "Bob"}))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_channels_client_events_and_the_bridge() {
+    let redis = crate::common::redis::RedisServer::start();
+    let node = |id: &'static str| {
+        let url = redis.url();
+        TestServer::start(move |s| {
+            s.redis.url = url;
+            s.redis.prefix = "sc-pusher".into();
+            s.server.node_id = id.into();
+            s.pusher.apps = vec![app(json!({}))];
+        })
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    let mut on_a = js(&a, json!({}));
+    let mut on_b = js(&b, json!({}));
+    for js in [&mut on_a, &mut on_b] {
+        js.next_where("connected", is("connected")).await;
+        for channel in ["private-chat", "orders"] {
+            js.send(&json!({"cmd": "subscribe", "channel": channel}))
+                .await;
+            js.next_where("subscribed", event("pusher:subscription_succeeded"))
+                .await;
+        }
+    }
+    // A client event on node a reaches node b's subscriber, not its sender.
+    on_a.send(&json!({"cmd": "trigger", "channel": "private-chat", "event": "client-hi", "data": {"from": "a"}}))
+        .await;
+    assert_eq!(
+        on_b.next_where("client-hi", event("client-hi")).await["data"],
+        json!({"from": "a"})
+    );
+    // A native push entering node b reaches node a's Pusher subscriber and node
+    // a's native page; the sender saw no echo of its client event before it.
+    let mut page_a = native(&a, "orders").await;
+    let mut pushed = false;
+    for _ in 0..50 {
+        // The subscriptions of node b reach Redis asynchronously; retry until the
+        // native page on a is registered and reached.
+        let (_, reply) = b
+            .api_push(r#"{"page":"orders","event":"paid","message":{"id":9}}"#)
+            .await;
+        if reply["delivered"].as_u64().unwrap_or(0) >= 1 {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "the push found node a's page");
+    assert_eq!(page_a.recv_json().await, json!({"id": 9}));
+    let next = on_a.next_where("an event", |l| l["type"] == "event").await;
+    assert_eq!(
+        (next["event"].clone(), next["data"].clone()),
+        (json!("paid"), json!({"id": 9})),
+        "node a's pusher-js got no echo of its own client event"
+    );
+    on_b.next_where("paid", event("paid")).await;
 }
