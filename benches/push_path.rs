@@ -134,7 +134,6 @@ fn scene_rendering(c: &mut Criterion) {
         page: Some("{page}".into()),
         uid: None,
         all: false,
-        event: None,
         message: serde_json::json!({
             "code": 200, "message": "order {order} by {who}", "seq": "{seq}", "t_ns": "{t_ns}"
         }),

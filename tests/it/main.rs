@@ -27,6 +27,7 @@ mod profiles;
 mod protocol;
 mod pusher_api;
 mod pusher_config;
+mod pusher_presence;
 mod pusher_protocol;
 mod pusher_sign;
 mod pusher_webhook;

@@ -480,11 +480,11 @@ impl ChannelState {
     /// presence channels).
     pub async fn channel(&self, app: &str, channel: &Channel) -> ChannelInfo {
         if let Some(cluster) = &self.inner.cluster {
-            if let Some(view) = cluster.view(app, channel).await {
+            if let Some((sockets, users)) = cluster.counts(app, channel).await {
                 return ChannelInfo {
-                    occupied: view.subscription_count > 0,
-                    subscription_count: view.subscription_count,
-                    user_count: view.presence.map(|p| p.members.len()),
+                    occupied: sockets > 0,
+                    subscription_count: sockets,
+                    user_count: channel.kind().is_presence().then_some(users),
                     cluster_wide: true,
                 };
             }

@@ -300,6 +300,15 @@ impl RedisState {
         })
     }
 
+    /// The channel's cluster-wide socket and user counts (two `HLEN`s, not the
+    /// member list); `None` when Redis does not answer.
+    pub(super) async fn counts(&self, app: &str, channel: &Channel) -> Option<(usize, usize)> {
+        let c = channel_key(&self.shared.base, app, channel);
+        let mut pipe = redis::pipe();
+        pipe.hlen(format!("{c}:socks")).hlen(format!("{c}:users"));
+        self.query("count a channel", &pipe).await
+    }
+
     pub(super) async fn channels(&self, app: &str, prefix: &str) -> Option<Vec<ChannelSummary>> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(CHANNELS)
