@@ -742,3 +742,54 @@ async fn api_calls_on_one_node_act_on_another_nodes_connections() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Two apps: the bridged one's channels are the native pages; the other's are its
+/// own namespace. An API event on app `other`'s `orders` reaches that app's
+/// subscribers only, not the bridged app's `orders` nor page `orders`.
+#[tokio::test]
+async fn each_app_publishes_in_its_own_namespace() {
+    let server = TestServer::start(|s| {
+        with_app(s, 100);
+        s.pusher.apps[0].bridge = true;
+        let other = "id = \"43\"\nkey = \"other-key\"\nsecret = \"other-secret-0123\"";
+        s.pusher.apps.push(toml::from_str(other).unwrap());
+    })
+    .await;
+    let mut bridged = JsClient::connect(&server, json!({})).await;
+    bridged.subscribe("orders").await;
+    let mut other = JsClient::connect(
+        &server,
+        json!({"key": "other-key", "secret": "other-secret-0123", "appId": "43"}),
+    )
+    .await;
+    other.subscribe("orders").await;
+    let mut native = native_page(&server, "orders").await;
+
+    let lines = clients::node(
+        "sdk.js",
+        &json!({"appId": "43", "key": "other-key", "secret": "other-secret-0123",
+                "host": "127.0.0.1", "port": server.addr.port(), "ops": [
+                    {"op": "trigger", "channels": ["orders"], "event": "theirs", "data": "o"}]}),
+    )
+    .await;
+    assert_eq!(node_ok(&lines[0]), json!({}));
+    assert_eq!(other.next_event().await["event"], "theirs");
+    let lines = node_sdk(
+        &server,
+        json!([{"op": "trigger", "channels": ["orders"], "event": "ours", "data": "b"}]),
+    )
+    .await;
+    node_ok(&lines[0]);
+    assert_eq!(bridged.next_event().await["event"], "ours");
+    assert_eq!(native.recv_text().await, "b");
+    // The other app's key does not sign for the bridged app's id.
+    let lines = clients::node(
+        "sdk.js",
+        &json!({"appId": APP_ID, "key": "other-key", "secret": "other-secret-0123",
+                "host": "127.0.0.1", "port": server.addr.port(), "ops": [
+                    {"op": "trigger", "channels": ["orders"], "event": "e", "data": "x"}]}),
+    )
+    .await;
+    assert_eq!(node_refused(&lines[0]).0, 401);
+    server.stop().await;
+}
