@@ -360,13 +360,14 @@ async fn terminate_connections_closes_a_users_signed_in_connections() {
     )
     .await;
     assert_eq!(node_ok(&lines[0]), json!({}));
-    // pusher-js sees its connection go (it may reconnect: a new socket, signed out).
-    seven
+    // Closed with 4009: pusher-js stops (no reconnect until the app says so).
+    let left = seven
         .script
         .next_where("the connection leaves connected", |l| {
             l["type"] == "state" && l["previous"] == "connected"
         })
         .await;
+    assert_eq!(left["current"], "disconnected", "{left}");
     // User 8 is untouched: the next event reaches it.
     let lines = node_sdk(
         &server,
