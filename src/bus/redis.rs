@@ -92,11 +92,13 @@ struct Shared {
 /// host's clock or a forged envelope; it is not put in the histogram.
 const MAX_PLAUSIBLE_LATENCY_MICROS: u64 = 3_600_000_000;
 
-/// Messages the hand-off dropped, and when the last one was.
+/// Messages the hand-off dropped, and when the last one was; and how many wait in
+/// it now.
 #[derive(Default)]
 struct Dropped {
     total: AtomicU64,
     last_micros: AtomicU64,
+    queued: AtomicU64,
 }
 
 /// A task the node cannot work without, by name (see `server`'s supervisor).
@@ -358,7 +360,13 @@ fn handoff(
 ) -> (crate::redis::link::PushHandler, mpsc::Receiver<PushInfo>) {
     let (queue, received) = mpsc::channel::<PushInfo>(capacity);
     let handler = move |info: PushInfo| {
-        if info.kind == PushKind::Message && queue.try_send(info).is_err() {
+        if info.kind != PushKind::Message {
+            return;
+        }
+        // Counted before it can be taken, so the count never goes below zero.
+        dropped.queued.fetch_add(1, Ordering::Relaxed);
+        if queue.try_send(info).is_err() {
+            dropped.queued.fetch_sub(1, Ordering::Relaxed);
             dropped.total.fetch_add(1, Ordering::Relaxed);
             dropped.last_micros.store(unix_micros(), Ordering::Relaxed);
             metrics.bus_dropped.inc();
@@ -471,7 +479,8 @@ impl Shared {
 }
 
 /// Reads the history's head every [`HOLE_CHECK`] and, one period later, checks
-/// that the subscription delivered up to it: pushes published while this node's
+/// that the subscription delivered up to it (skipped while messages wait in the
+/// hand-off: a node that is behind is not missing anything yet): pushes published while this node's
 /// subscription was down (and none after them) would otherwise go unnoticed until
 /// the next push, leaving its recover connections silently behind. A critical task.
 async fn watch_holes(shared: Arc<Shared>) {
@@ -480,8 +489,11 @@ async fn watch_holes(shared: Arc<Shared>) {
     let mut previous: Option<Stamp> = None;
     loop {
         tick.tick().await;
-        if !(shared.link.is_up() && shared.commands.is_up()) {
-            // Down: compare again from a head read once both are back.
+        let behind_here = shared.dropped.queued.load(Ordering::Relaxed) > 0;
+        if !(shared.link.is_up() && shared.commands.is_up()) || behind_here {
+            // Down: compare again from a head read once both are back. Messages
+            // waiting in the hand-off: this node is slow, not holed (a hole shows
+            // as an offset gap when they are taken).
             previous = None;
             continue;
         }
@@ -509,6 +521,7 @@ async fn watch_holes(shared: Arc<Shared>) {
 /// this node's fan-out. A critical task.
 async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
     while let Some(info) = received.recv().await {
+        shared.dropped.queued.fetch_sub(1, Ordering::Relaxed);
         // A `message` push is [channel, payload]; anything else is not ours.
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
             (info.data.first(), info.data.get(1))

@@ -100,7 +100,7 @@ if #entries ~= head - since then
   return {epoch, head, false}
 end
 local now = redis.call('TIME')
-local oldest = tonumber(now[1]) * 1000 - tonumber(ARGV[4])
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
 local first = entries[1][2]
 for i = 1, #first, 2 do
   if first[i] == 'ms' and tonumber(first[i + 1]) < oldest then
