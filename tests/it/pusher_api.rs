@@ -794,3 +794,25 @@ async fn each_app_publishes_in_its_own_namespace() {
     assert_eq!(node_refused(&lines[0]).0, 401);
     server.stop().await;
 }
+
+/// A disabled app (`enabled = false`): its correctly signed calls get 403, which
+/// the Python SDK raises as `PusherForbidden`.
+#[tokio::test]
+async fn a_disabled_app_is_forbidden() {
+    let server = TestServer::start(|s| {
+        with_app(s, 100);
+        s.pusher.apps[0].enabled = false;
+    })
+    .await;
+    let lines = node_sdk(
+        &server,
+        json!([{"op": "trigger", "channels": ["a"], "event": "e", "data": "x"}]),
+    )
+    .await;
+    let (status, body) = node_refused(&lines[0]);
+    assert_eq!((status, body["code"].as_u64()), (403, Some(403)), "{body}");
+    let lines = python_sdk(&server, json!([{"op": "channels_info"}])).await;
+    assert_eq!(lines[0]["error_type"], "PusherForbidden", "{lines:?}");
+    assert!(server.rejected("pusher_api_disabled").await >= 2);
+    server.stop().await;
+}
