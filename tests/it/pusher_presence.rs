@@ -279,3 +279,51 @@ async fn echo_join_here_joining_leaving_across_two_nodes() {
     let leaving = ann.next_where("leaving", |l| l["type"] == "leaving").await;
     assert_eq!(leaving["member"]["name"], "bob");
 }
+
+/// A graceful stop (SIGTERM) removes the node's members at once: the others hear
+/// `member_removed` long before the node's liveness key (30 s here) would expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_removes_the_nodes_members_at_once() {
+    let redis = RedisServer::start();
+    let mut receiver = HttpCapture::start(vec![]).await;
+    let hook = format!("http://{}/hook", receiver.addr);
+    let prefix = "presencestop";
+    let mut a = Node::spawn("a", &redis.url(), prefix, 30, &pusher_toml(&hook));
+    let b = Node::spawn("b", &redis.url(), prefix, 30, &pusher_toml(&hook));
+    a.wait_status("ok").await;
+    b.wait_status("ok").await;
+    let room = "presence-room";
+    let mut bob = client(&b, "bob").await;
+    subscribe(&mut bob, room).await;
+    let mut dan = client(&a, "dan").await;
+    subscribe(&mut dan, room).await;
+    subscribe(&mut dan, "private-dan").await;
+    let added = bob
+        .next_where("member_added", event("pusher:member_added"))
+        .await;
+    assert_eq!(member_id(&added), "dan");
+
+    let stopped = tokio::task::spawn_blocking(move || a.terminate())
+        .await
+        .unwrap();
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "node a did not stop cleanly"
+    );
+    let removed = bob
+        .next_where("member_removed", event("pusher:member_removed"))
+        .await;
+    assert_eq!(member_id(&removed), "dan");
+    assert_eq!(members(&mut bob, room).await, ["bob"]);
+    let mut hooks = Hooks::default();
+    hooks
+        .until(
+            &mut receiver,
+            &[
+                "member_removed presence-room dan",
+                "channel_vacated private-dan -",
+            ],
+        )
+        .await;
+    drop(dan);
+}

@@ -262,14 +262,20 @@ impl RedisState {
         socket: ConnKey,
         member: Option<Member>,
     ) -> Option<Subscribed> {
+        // Redis is known down (or a resync is due): still queued, so that it is
+        // written in order, but nobody waits for an answer that would not come.
+        let waits = self.shared.link.is_up() && !self.shared.resync.load(Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.send(Op::Subscribe {
             app: app.into(),
             channel: channel.clone(),
             socket,
             member,
-            reply: Some(reply),
+            reply: waits.then_some(reply),
         });
+        if !waits {
+            return None;
+        }
         tokio::time::timeout(SUBSCRIBE_DEADLINE, answer)
             .await
             .ok()?
