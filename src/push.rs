@@ -316,6 +316,8 @@ pub enum Ingress {
     Text,
     Udp,
     Publisher,
+    /// The Pusher HTTP API (`POST /apps/{id}/events`, `batch_events`): one per channel.
+    PusherApi,
 }
 
 impl Ingress {
@@ -326,6 +328,7 @@ impl Ingress {
             Ingress::Text => "text",
             Ingress::Udp => "udp",
             Ingress::Publisher => "ws_publisher",
+            Ingress::PusherApi => "pusher_api",
         }
     }
 }

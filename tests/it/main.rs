@@ -25,6 +25,7 @@ mod ingress;
 mod pages;
 mod profiles;
 mod protocol;
+mod pusher_api;
 mod pusher_config;
 mod pusher_presence;
 mod pusher_protocol;
