@@ -1,6 +1,10 @@
 //! A TCP proxy between a node and Redis that can black-hole: stop forwarding while
 //! keeping every socket open, as a NAT or firewall that dropped a flow does. The
 //! node sees no error, no reset, no FIN: only silence.
+//!
+//! It can also cut: close every open connection on both sides and turn new ones
+//! away until told otherwise, as a Wi-Fi blip or a restarting load balancer does to
+//! a browser in front of a server that itself stays up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -21,6 +26,12 @@ struct State {
     frozen_below: AtomicU64,
     /// New connections are accepted and frozen at once.
     freeze_new: AtomicBool,
+    /// Connections numbered below this are closed (both sides).
+    cut_below: AtomicU64,
+    /// New connections are accepted and closed at once.
+    refuse_new: AtomicBool,
+    /// Wakes the open connections when `cut_below` rises.
+    cut: Notify,
     next: AtomicU64,
 }
 
@@ -35,6 +46,10 @@ impl Proxy {
             while let Ok((client, _)) = listener.accept().await {
                 let number = shared.next.fetch_add(1, Ordering::SeqCst);
                 let frozen_at_accept = shared.freeze_new.load(Ordering::SeqCst);
+                if shared.refuse_new.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let state = shared.clone();
                 tokio::spawn(async move {
                     if frozen_at_accept {
@@ -45,12 +60,29 @@ impl Proxy {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let frozen = move || number < state.frozen_below.load(Ordering::SeqCst);
+                    let frozen = {
+                        let state = state.clone();
+                        move || number < state.frozen_below.load(Ordering::SeqCst)
+                    };
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
                     let up = pump(&mut client_read, &mut server_write, frozen.clone());
                     let down = pump(&mut server_read, &mut client_write, frozen);
-                    tokio::join!(up, down);
+                    let cut = async {
+                        loop {
+                            // Registered before the check, so a cut in between still wakes it.
+                            let woken = state.cut.notified();
+                            if number < state.cut_below.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            woken.await;
+                        }
+                    };
+                    // A cut drops both pumps, and with them both sockets (FIN each way).
+                    tokio::select! {
+                        _ = async { tokio::join!(up, down) } => {}
+                        () = cut => {}
+                    }
                 });
             }
         });
@@ -71,6 +103,20 @@ impl Proxy {
     /// New connections are forwarded again; the frozen ones stay silent for good.
     pub fn thaw_new(&self) {
         self.state.freeze_new.store(false, Ordering::SeqCst);
+    }
+
+    /// Closes every connection open now, and every new one until [`Proxy::reopen`]:
+    /// both peers see the connection end (the server keeps running).
+    pub fn cut(&self) {
+        self.state.refuse_new.store(true, Ordering::SeqCst);
+        let next = self.state.next.load(Ordering::SeqCst);
+        self.state.cut_below.store(next, Ordering::SeqCst);
+        self.state.cut.notify_waiters();
+    }
+
+    /// New connections are forwarded again after [`Proxy::cut`].
+    pub fn reopen(&self) {
+        self.state.refuse_new.store(false, Ordering::SeqCst);
     }
 }
 
