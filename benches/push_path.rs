@@ -75,7 +75,7 @@ fn fan_out(c: &mut Criterion) {
     group.throughput(Throughput::Elements(CONNECTIONS as u64));
     group.bench_function("collect_one_worker_of_all_10k", |b| {
         b.iter(|| {
-            hub.collect(black_box(&Target::All), 0, &mut picked);
+            hub.collect(black_box(&Target::All), None, 0, &mut picked);
             assert_eq!(picked.len(), CONNECTIONS / WORKERS);
         })
     });

@@ -13,6 +13,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+pub mod history;
 pub mod hub;
 pub mod ingress;
 pub mod metrics;

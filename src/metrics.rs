@@ -85,6 +85,13 @@ pub struct Metrics {
     pub bus_dropped: Counter,
     /// Seconds from a push's publish to its arrival on a node's bus subscriber.
     pub bus_latency: Histogram,
+    /// `?recover=1` reconnects by outcome (`recovered`, `lost`).
+    recoveries: Family<Labels, Counter>,
+    /// Pushes replayed to reconnecting connections.
+    pub replayed: Counter,
+    /// Pushes the history holds (embedded: this node's ring; redis: the stream's
+    /// length at this node's last publish).
+    pub history_size: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +209,24 @@ impl Metrics {
             "Time from publish to arrival on a node's bus subscriber",
             bus_latency.clone(),
         );
+        let recoveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "scenecast_recoveries",
+            "Reconnects with a position (?recover=1&epoch=&since=), by outcome: recovered or lost",
+            recoveries.clone(),
+        );
+        let replayed = Counter::default();
+        registry.register(
+            "scenecast_replayed",
+            "Pushes replayed from the history to reconnecting connections",
+            replayed.clone(),
+        );
+        let history_size = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "scenecast_history_size",
+            "Pushes held by the history for recovery",
+            history_size.clone(),
+        );
         registry.register_collector(Box::new(HubCollector {
             hub: HubHandle(hub),
             pages,
@@ -217,7 +242,17 @@ impl Metrics {
             redis_reconnects,
             bus_dropped,
             bus_latency,
+            recoveries,
+            replayed,
+            history_size,
         })
+    }
+
+    /// Counts a reconnect's recovery: `recovered` true, or lost (`recovered:false`).
+    pub fn recovery(&self, recovered: bool, replayed: usize) {
+        let outcome = if recovered { "recovered" } else { "lost" };
+        self.recoveries.get_or_create(&[("outcome", outcome)]).inc();
+        self.replayed.inc_by(replayed as u64);
     }
 
     pub fn push_received(&self, ingress: Ingress) {

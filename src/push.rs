@@ -283,6 +283,9 @@ pub enum Target {
     Page(Name),
     /// Every connection bound to this user id (all of a user's tabs).
     Uid(Name),
+    /// One connection, by the id its welcome frame gave (`conn`); only the node
+    /// whose number is the id's first part delivers it.
+    Conn(ConnKey),
 }
 
 impl fmt::Display for Target {
@@ -291,6 +294,7 @@ impl fmt::Display for Target {
             Target::All => f.write_str("all"),
             Target::Page(page) => write!(f, "page {page:?}"),
             Target::Uid(uid) => write!(f, "uid {uid:?}"),
+            Target::Conn(conn) => write!(f, "conn {conn}"),
         }
     }
 }
@@ -324,6 +328,9 @@ pub struct Push {
     /// The frame's text exactly as clients receive it. `ByteString` clones share
     /// one buffer, so fanning out to 10k connections copies no payload bytes.
     pub payload: ByteString,
+    /// A connection that does not get this push although it matches the target
+    /// (`"exclude"`, Laravel's `toOthers()`).
+    pub exclude: Option<ConnKey>,
 }
 
 impl Push {
@@ -331,7 +338,86 @@ impl Push {
         Self {
             target,
             payload: payload.into(),
+            exclude: None,
         }
+    }
+
+    /// The same push, skipping connection `exclude`.
+    pub fn excluding(mut self, exclude: Option<ConnKey>) -> Self {
+        self.exclude = exclude;
+        self
+    }
+}
+
+/// Largest node number of a [`ConnKey`]: at most 9 decimal digits.
+pub const MAX_CONN_NODE: u64 = 999_999_999;
+
+/// A connection's cluster-wide id, `"{node}.{local}"` on the wire (welcome frame
+/// `conn`, push targets `conn`/`exclude`, reconnect `prev`): both parts decimal
+/// without sign, so the text matches `^\d+\.\d+$` (the Pusher `socket_id` rule,
+/// which the SDKs check). `node` is a random number drawn at each start (1..=
+/// [`MAX_CONN_NODE`]), so ids are unique across nodes and restarts; `local` is the
+/// hub's connection number on that node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub node: u64,
+    pub local: u64,
+}
+
+/// Why a text is not a [`ConnKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be a connection id: two decimal numbers joined by a dot, e.g. \"123.45\"")]
+pub struct ConnKeyError;
+
+impl ConnKey {
+    /// Parses `"{node}.{local}"`: ASCII digits only on both sides (no sign, no
+    /// spaces), each fitting a `u64`.
+    pub fn parse(text: &str) -> Result<Self, ConnKeyError> {
+        let (node, local) = text.split_once('.').ok_or(ConnKeyError)?;
+        let number = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConnKeyError);
+            }
+            part.parse::<u64>().map_err(|_| ConnKeyError)
+        };
+        Ok(Self {
+            node: number(node)?,
+            local: number(local)?,
+        })
+    }
+
+    /// A JSON value as a connection id: a string only.
+    pub fn from_raw_json(raw: &serde_json::value::RawValue) -> Result<Self, ConnKeyError> {
+        let text: std::borrow::Cow<'_, str> =
+            serde_json::from_str(raw.get()).map_err(|_| ConnKeyError)?;
+        Self::parse(&text)
+    }
+}
+
+impl fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.node, self.local)
+    }
+}
+
+impl std::str::FromStr for ConnKey {
+    type Err = ConnKeyError;
+
+    fn from_str(text: &str) -> Result<Self, ConnKeyError> {
+        Self::parse(text)
+    }
+}
+
+impl Serialize for ConnKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -440,8 +526,60 @@ mod tests {
         (1..=MAX_NAME_BYTES).contains(&name.len()) && !name.chars().any(is_refused_char)
     }
 
+    #[test]
+    fn conn_keys_are_two_decimal_numbers() {
+        let key = ConnKey::parse("123456789.42").unwrap();
+        assert_eq!((key.node, key.local), (123_456_789, 42));
+        assert_eq!(key.to_string(), "123456789.42");
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1",
+            "1.2.3",
+            "-1.2",
+            "+1.2",
+            " 1.2",
+            "1.2 ",
+            "1,2",
+            "a.1",
+            "1.1e3",
+            "١.٢",
+            "18446744073709551616.1",
+        ] {
+            assert_eq!(ConnKey::parse(bad), Err(ConnKeyError), "{bad:?}");
+        }
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(r#""7.8""#).unwrap();
+        assert_eq!(ConnKey::from_raw_json(&raw).unwrap().to_string(), "7.8");
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str("7.8").unwrap();
+        assert!(
+            ConnKey::from_raw_json(&raw).is_err(),
+            "a number is not an id"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn conn_keys_round_trip_and_match_the_socket_id_rule(node in any::<u64>(), local in any::<u64>()) {
+            let key = ConnKey { node, local };
+            let text = key.to_string();
+            prop_assert!(text.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()
+                && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())));
+            prop_assert_eq!(ConnKey::parse(&text), Ok(key));
+        }
+
+        #[test]
+        fn any_text_is_a_conn_key_only_if_it_reads_back_the_same(text in "[0-9.+\\- a]{0,24}|\\PC{0,12}") {
+            if let Ok(key) = ConnKey::parse(&text) {
+                // Leading zeros aside, the text is the key.
+                let (a, b) = text.split_once('.').unwrap();
+                prop_assert_eq!(a.parse::<u64>().unwrap(), key.node);
+                prop_assert_eq!(b.parse::<u64>().unwrap(), key.local);
+            }
+        }
 
         #[test]
         fn any_string_is_a_name_exactly_when_it_holds_the_rule(text in "\\PC{0,140}|[\\x00-\\x20\u{2000}-\u{2070}\u{feff}a]{0,8}") {

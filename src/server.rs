@@ -220,7 +220,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
     critical.push(("fan-out ordering", ordering));
     let bus = match commands {
-        None => Bus::embedded(fanout),
+        None => Bus::embedded(fanout, &settings.history),
         Some(commands) => {
             critical.push((
                 "commands link prober",

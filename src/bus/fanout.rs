@@ -16,12 +16,16 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use tokio::sync::mpsc;
 
-use crate::hub::{Delivery, Hub, Outbox, frame};
+use crate::history::ring::Ring;
+use crate::history::{Stamp, push_frame};
+use crate::hub::{ConnId, Delivery, Hub, Outbox, frame};
 use crate::ingress::throttle::WarnThrottle;
 use crate::metrics::Metrics;
 use crate::push::{Push, Target};
@@ -38,10 +42,49 @@ static SLOW_CONSUMERS: LazyLock<WarnThrottle> = LazyLock::new(|| WarnThrottle::n
 /// Pushes a worker that fell behind takes at once (see [`run_worker`]).
 const BATCH: usize = 16;
 
+/// A push with its place in the history (`None`: published while Redis was down).
+struct Stamped {
+    push: Push,
+    stamp: Option<Stamp>,
+}
+
 /// One push, framed, as every worker receives it.
 struct Job {
     target: Target,
+    /// The local connection the push skips.
+    exclude: Option<ConnId>,
+    /// The raw frame, for connections without `recover`.
     frame: Bytes,
+    stamp: Option<Stamp>,
+    payload: ByteString,
+    /// The envelope frame for `?recover=1` connections, made by the first worker
+    /// that has one to write to: once per push, and never when none matches.
+    envelope: OnceLock<Bytes>,
+}
+
+impl Job {
+    fn envelope(&self) -> &Bytes {
+        self.envelope
+            .get_or_init(|| push_frame(self.stamp.map(|s| s.offset), &self.payload))
+    }
+
+    /// Offers the push to `outbox` in the form it takes.
+    fn offer(&self, outbox: &Outbox) -> crate::hub::Offer {
+        if outbox.is_recover() {
+            outbox.offer_push(self.stamp, self.envelope())
+        } else {
+            outbox.offer(&self.frame)
+        }
+    }
+
+    /// [`Job::offer`] for a batch (see [`Outbox::offer_deferred`]).
+    fn offer_deferred(&self, outbox: &Outbox) -> (crate::hub::Offer, bool) {
+        if outbox.is_recover() {
+            outbox.offer_push_deferred(self.stamp, self.envelope())
+        } else {
+            outbox.offer_deferred(&self.frame)
+        }
+    }
 }
 
 /// The workers' queues, in worker order.
@@ -57,7 +100,7 @@ thread_local! {
 #[derive(Clone)]
 pub struct Fanout {
     id: usize,
-    queue: mpsc::Sender<Push>,
+    queue: mpsc::Sender<Stamped>,
     workers: Workers,
     hub: Hub,
     metrics: Arc<Metrics>,
@@ -68,14 +111,19 @@ impl Fanout {
     /// critical task, to supervise); it ends when every handle is dropped.
     pub fn start(hub: Hub, metrics: Arc<Metrics>) -> (Self, tokio::task::JoinHandle<()>) {
         static IDS: AtomicUsize = AtomicUsize::new(0);
-        let (queue, mut pushes) = mpsc::channel::<Push>(QUEUE);
+        let (queue, mut pushes) = mpsc::channel::<Stamped>(QUEUE);
         let workers = Workers::default();
         let targets = workers.clone();
+        let local = hub.clone();
         let ordering = tokio::spawn(async move {
-            while let Some(push) = pushes.recv().await {
+            while let Some(Stamped { push, stamp }) = pushes.recv().await {
                 let job = Arc::new(Job {
                     frame: frame::text(&push.payload),
+                    exclude: local.local_id(push.exclude),
                     target: push.target,
+                    stamp,
+                    payload: push.payload,
+                    envelope: OnceLock::new(),
                 });
                 let queues = lock(&targets).clone();
                 for queue in queues {
@@ -97,15 +145,48 @@ impl Fanout {
     /// Queues `push` for delivery on this node; `false` when the fan-out is gone
     /// (the server is stopping).
     pub async fn push(&self, push: Push) -> bool {
-        self.queue.send(push).await.is_ok()
+        self.push_stamped(push, None).await
+    }
+
+    /// [`Fanout::push`] of a push with its place in the cluster's history.
+    pub async fn push_stamped(&self, push: Push, stamp: Option<Stamp>) -> bool {
+        self.queue.send(Stamped { push, stamp }).await.is_ok()
     }
 
     /// Queues `push` for delivery on this node and returns how many of this node's
     /// connections match it now (0 when the fan-out is gone): the publisher's
     /// `delivered` when this node is all there is, or all that can be reached.
     pub async fn push_counted(&self, push: Push) -> usize {
-        let matched = self.hub.count(&push.target);
+        let matched = self.matching(&push);
         if self.push(push).await { matched } else { 0 }
+    }
+
+    /// Embedded mode: gives `push` the next offset of `history` and queues it, under
+    /// the history's lock, so that offset order is the order of the fan-out. Returns
+    /// the matching connections (as [`Fanout::push_counted`]) and the push's place,
+    /// `None` when the fan-out is gone.
+    pub async fn push_recorded(&self, push: Push, history: &Mutex<Ring>) -> (usize, Option<Stamp>) {
+        let matched = self.matching(&push);
+        // The queue's room is taken first: nobody waits while holding the lock.
+        let Ok(permit) = self.queue.reserve().await else {
+            return (0, None);
+        };
+        let mut ring = lock(history);
+        let stamp = ring.append(&push, Instant::now());
+        permit.send(Stamped {
+            push,
+            stamp: Some(stamp),
+        });
+        self.metrics
+            .history_size
+            .set(i64::try_from(ring.len()).unwrap_or(i64::MAX));
+        (matched, Some(stamp))
+    }
+
+    /// This node's connections that `push` reaches now.
+    fn matching(&self, push: &Push) -> usize {
+        self.hub
+            .count_except(&push.target, self.hub.local_id(push.exclude))
     }
 
     /// The worker index of the calling thread, which must be an HTTP worker (inside
@@ -157,16 +238,16 @@ async fn run_worker(
     let mut batch: Vec<Arc<Job>> = Vec::with_capacity(BATCH);
     while jobs.recv_many(&mut batch, BATCH).await > 0 {
         if let [job] = batch.as_slice() {
-            hub.collect(&job.target, worker, &mut outboxes);
+            hub.collect(&job.target, job.exclude, worker, &mut outboxes);
             let mut delivery = Delivery::default();
-            in_turns(&outboxes, |outbox| delivery.offer(outbox, &job.frame)).await;
+            in_turns(&outboxes, |outbox| delivery.count(job.offer(outbox))).await;
             account(&metrics, &job.target, delivery);
         } else {
             for job in &batch {
-                hub.collect(&job.target, worker, &mut outboxes);
+                hub.collect(&job.target, job.exclude, worker, &mut outboxes);
                 let mut delivery = Delivery::default();
                 for outbox in &outboxes {
-                    let (offer, owes_flush) = outbox.offer_deferred(&job.frame);
+                    let (offer, owes_flush) = job.offer_deferred(outbox);
                     delivery.count(offer);
                     if owes_flush {
                         to_flush.push(outbox.clone());

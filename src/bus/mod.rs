@@ -11,6 +11,12 @@ mod redis;
 pub use self::fanout::Fanout;
 pub use self::redis::RedisBus;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::HistorySettings;
+use crate::history::ring::Ring;
+use crate::history::{Read, Stamp};
 use crate::push::Push;
 use crate::redis::LinkDown;
 
@@ -21,25 +27,30 @@ pub struct Published {
     pub delivered: usize,
     /// False when the number covers this node alone (Redis unreachable).
     pub cluster_wide: bool,
+    /// The push's place in the cluster's history; `None` when it has none
+    /// (published while Redis was unreachable).
+    pub stamp: Option<Stamp>,
 }
 
 /// Handle to the bus.
 #[derive(Clone)]
 pub enum Bus {
-    Embedded(Fanout),
+    /// This node's fan-out and its in-memory history.
+    Embedded(Fanout, Arc<Mutex<Ring>>),
     Redis(RedisBus),
 }
 
 impl Bus {
-    /// Embedded mode: pushes go straight to this node's `fanout`.
-    pub fn embedded(fanout: Fanout) -> Self {
-        Bus::Embedded(fanout)
+    /// Embedded mode: pushes go straight to this node's `fanout`, recorded in a
+    /// history of `history.size` pushes in a new epoch.
+    pub fn embedded(fanout: Fanout, history: &HistorySettings) -> Self {
+        Bus::Embedded(fanout, Arc::new(Mutex::new(Ring::new(history))))
     }
 
     /// This node's fan-out, whichever the mode.
     pub fn fanout(&self) -> &Fanout {
         match self {
-            Bus::Embedded(fanout) => fanout,
+            Bus::Embedded(fanout, _) => fanout,
             Bus::Redis(bus) => bus.fanout(),
         }
     }
@@ -48,18 +59,46 @@ impl Bus {
     pub async fn publish(&self, push: Push) -> Published {
         match self {
             // Counted when published, as in redis mode; the frames follow.
-            Bus::Embedded(fanout) => Published {
-                delivered: fanout.push_counted(push).await,
-                cluster_wide: true,
-            },
+            Bus::Embedded(fanout, history) => {
+                let (delivered, stamp) = fanout.push_recorded(push, history).await;
+                Published {
+                    delivered,
+                    cluster_wide: true,
+                    stamp,
+                }
+            }
             Bus::Redis(bus) => bus.publish(push).await,
+        }
+    }
+
+    /// The cluster's newest position and, with `since` (a position a reconnecting
+    /// client gave), every push after it when the history still holds them all
+    /// and `since` is in the current epoch (see [`Read`]). Read after the
+    /// connection joined the hub holding, so no push falls between the two.
+    pub async fn read_history(&self, since: Option<Stamp>) -> Result<Read, LinkDown> {
+        match self {
+            Bus::Embedded(_, history) => {
+                let mut ring = history.lock().unwrap_or_else(|p| p.into_inner());
+                let epoch = ring.head().epoch;
+                let since = since.filter(|s| s.epoch == epoch).map(|s| s.offset);
+                Ok(ring.read(since, Instant::now()))
+            }
+            Bus::Redis(bus) => bus.read_history(since).await,
+        }
+    }
+
+    /// Pushes the history holds now on this node (embedded), or as last read.
+    pub fn history_len(&self) -> usize {
+        match self {
+            Bus::Embedded(_, history) => history.lock().map_or(0, |ring| ring.len()),
+            Bus::Redis(_) => 0,
         }
     }
 
     /// Why cross-node delivery is not whole now (`None` when it is, or embedded).
     pub fn down(&self) -> Option<LinkDown> {
         match self {
-            Bus::Embedded(_) => None,
+            Bus::Embedded(..) => None,
             Bus::Redis(bus) => bus.down(),
         }
     }
@@ -67,7 +106,7 @@ impl Bus {
     /// Whether cross-node delivery works now (always true in embedded mode).
     pub fn is_up(&self) -> bool {
         match self {
-            Bus::Embedded(_) => true,
+            Bus::Embedded(..) => true,
             Bus::Redis(bus) => bus.is_up(),
         }
     }

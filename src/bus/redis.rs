@@ -205,6 +205,7 @@ impl RedisBus {
                     return Published {
                         delivered: matched,
                         cluster_wide: everyone,
+                        stamp: None,
                     };
                 }
                 Err(e) => {
@@ -223,7 +224,20 @@ impl RedisBus {
         Published {
             delivered: shared.fanout.push_counted(push).await,
             cluster_wide: false,
+            stamp: None,
         }
+    }
+
+    /// See [`super::Bus::read_history`].
+    pub async fn read_history(
+        &self,
+        _since: Option<crate::history::Stamp>,
+    ) -> Result<crate::history::Read, LinkDown> {
+        Err(LinkDown {
+            link: "commands",
+            since: 0,
+            reason: "history in redis mode comes in the next commit".into(),
+        })
     }
 }
 
@@ -320,6 +334,7 @@ fn encode(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> String {
         Target::All => ('a', ""),
         Target::Page(page) => ('p', &**page),
         Target::Uid(uid) => ('u', &**uid),
+        Target::Conn(_) => ('c', ""),
     };
     let mut out = String::with_capacity(push.payload.len() + key.len() + 64);
     out.push(kind);

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::membership::Membership;
+use super::recovery::Preamble;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::config::WsPublish;
@@ -86,6 +87,7 @@ pub(super) fn start(
     socket: TcpStream,
     early: &[u8],
     peer: Option<SocketAddr>,
+    preamble: Option<Preamble>,
 ) -> tokio::task::JoinHandle<()> {
     let id = membership.id();
     log::debug!(
@@ -95,7 +97,9 @@ pub(super) fn start(
         meta.uid
     );
     let socket = Arc::new(socket);
-    outbox.attach(socket.clone());
+    if preamble.is_none() {
+        outbox.attach(socket.clone());
+    }
     let max = state.settings.server.max_message_bytes;
     let connection = Connection {
         id,
@@ -112,7 +116,7 @@ pub(super) fn start(
         rate: PerConnection::default(),
         state,
     };
-    tokio::task::spawn_local(connection.run())
+    tokio::task::spawn_local(connection.run(preamble))
 }
 
 /// How a connection ended, for the log.
@@ -156,7 +160,14 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self) {
+    async fn run(mut self, preamble: Option<Preamble>) {
+        if let Some(preamble) = preamble {
+            // Boxed: only recover connections carry this future's state.
+            if !Box::pin(self.recover(preamble)).await {
+                self.leave();
+                return;
+            }
+        }
         let ended = self.serve().await;
         self.leave();
         match ended {
@@ -174,6 +185,30 @@ impl Connection {
             // dropping it with unread input would reset the connection instead.
             Box::pin(linger(&self.socket)).await;
         }
+    }
+
+    /// A `?recover=1` connection's start: writes its welcome, replay and
+    /// `recovered` frames straight to the socket (waiting for it, within
+    /// `server.send_timeout_secs`) while the fan-out holds its live pushes, then
+    /// releases them above the preamble's position and attaches the outbox to the
+    /// socket. False when the socket failed or the client did not read in time.
+    async fn recover(&mut self, preamble: Preamble) -> bool {
+        let timeout = Duration::from_secs(self.state.settings.server.send_timeout_secs);
+        let written = tokio::time::timeout(timeout, write_all(&self.socket, &preamble.bytes)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log::debug!("conn {} preamble not written: {e}", self.id);
+                return false;
+            }
+            Err(_) => {
+                log::debug!("conn {} preamble not read within {timeout:?}", self.id);
+                return false;
+            }
+        }
+        self.outbox.release(preamble.floor);
+        self.outbox.attach(self.socket.clone());
+        true
     }
 
     /// Takes the connection out of the hub and the registry: no more pushes, no
@@ -387,6 +422,28 @@ impl Connection {
         self.outbox
             .close_with(code, frame::close(code, description));
     }
+}
+
+/// Writes all of `bytes` to `socket`, waiting whenever it is full.
+async fn write_all(socket: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            Err(e) if is_retry(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// After our close frame: no more writes, and the client's answer (its close frame,
@@ -758,7 +815,7 @@ mod tests {
                 let slot = state.caps.admit(Some(peer.ip())).unwrap();
                 let worker = state.bus.fanout().local_worker();
                 let (membership, outbox) =
-                    Membership::join(state.clone(), &meta, worker, slot).unwrap();
+                    Membership::join(state.clone(), &meta, worker, slot, false).unwrap();
                 let task = start(
                     state.clone(),
                     membership,
@@ -768,6 +825,7 @@ mod tests {
                     socket,
                     &[],
                     Some(peer),
+                    None,
                 );
                 tokio::task::yield_now().await;
                 assert_eq!(state.hub.len(), 1);

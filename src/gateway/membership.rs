@@ -21,7 +21,8 @@ pub(super) struct Membership {
 }
 
 impl Membership {
-    /// Enters the connection in the hub (served by fan-out `worker`) and in the
+    /// Enters the connection in the hub (served by fan-out `worker`; with
+    /// `recover`, holding its pushes: see [`Outbox::release`]) and in the
     /// registry, holding `slot` until it leaves. `None` once the hub is stopped
     /// (graceful stop): the connection must be refused.
     pub(super) fn join(
@@ -29,8 +30,9 @@ impl Membership {
         meta: &ConnMeta,
         worker: usize,
         slot: Slot,
+        recover: bool,
     ) -> Option<(Self, Arc<Outbox>)> {
-        let (id, outbox) = state.hub.open(meta.clone(), worker)?;
+        let (id, outbox) = state.hub.open_with(meta.clone(), worker, recover)?;
         state.registry.opened(id, meta);
         Some((
             Self {
@@ -74,7 +76,10 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
     Arc::new(AppState {
         node_id: Arc::from("test"),
         registry: Registry::Embedded(hub.clone()),
-        bus: Bus::embedded(Fanout::start(hub.clone(), metrics.clone()).0),
+        bus: Bus::embedded(
+            Fanout::start(hub.clone(), metrics.clone()).0,
+            &settings.history,
+        ),
         tokens: Tokens::new(&settings.auth),
         scenes: SceneTable::compile(&settings.scene_configs()).unwrap(),
         caps: ConnectionCaps::new(max_connections, per_ip),
@@ -104,7 +109,7 @@ mod tests {
 
     fn join(state: &Arc<AppState>) -> Membership {
         let slot = state.caps.admit(PEER).unwrap();
-        Membership::join(state.clone(), &test_meta("home"), 0, slot)
+        Membership::join(state.clone(), &test_meta("home"), 0, slot, false)
             .unwrap()
             .0
     }
@@ -159,7 +164,7 @@ mod tests {
         let state = test_state(10, 10);
         state.hub.stop();
         let slot = state.caps.admit(PEER).unwrap();
-        assert!(Membership::join(state.clone(), &test_meta("home"), 0, slot).is_none());
+        assert!(Membership::join(state.clone(), &test_meta("home"), 0, slot, false).is_none());
         assert_left(&state);
     }
 }

@@ -52,6 +52,7 @@ use crate::push::Name;
 mod connection;
 pub mod heartbeat;
 mod membership;
+mod recovery;
 
 use membership::Membership;
 
@@ -63,6 +64,8 @@ struct Accepted {
     meta: ConnMeta,
     role: Role,
     slot: Slot,
+    /// `?recover=1`: pushes as envelopes, after a welcome (and a replay).
+    recover: Option<recovery::Ask>,
 }
 
 /// The service actix's HTTP/1 dispatcher calls with each WebSocket upgrade request
@@ -123,13 +126,42 @@ async fn upgrade(
         }
     };
     let worker = state.bus.fanout().local_worker();
-    let Some((membership, outbox)) =
-        Membership::join(state.clone(), &accepted.meta, worker, accepted.slot)
-    else {
+    let recover = accepted.recover.is_some();
+    let Some((membership, outbox)) = Membership::join(
+        state.clone(),
+        &accepted.meta,
+        worker,
+        accepted.slot,
+        recover,
+    ) else {
         state.metrics.rejected("stopping");
         let refusal = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is stopping");
         refuse(&mut framed, &refusal).await;
         return Ok(());
+    };
+    // Read after the join: every push from here on is held for the connection, and
+    // every push before is in what was read.
+    let preamble = match &accepted.recover {
+        None => None,
+        Some(ask) => {
+            let conn = state.hub.conn_key(membership.id());
+            match recovery::prepare(&state, ask, conn, &accepted.meta).await {
+                Ok(preamble) => Some(preamble),
+                Err(down) => {
+                    state.metrics.rejected("history");
+                    log::debug!(
+                        "recover connect refused: history unreadable: {}",
+                        down.reason
+                    );
+                    let refusal = ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "history unavailable (redis unreachable); retry",
+                    );
+                    refuse(&mut framed, &refusal).await;
+                    return Ok(());
+                }
+            }
+        }
     };
     if let Err(e) = framed.send((response, BodySize::None).into()).await {
         log::debug!("upgrade answer not sent: {e}");
@@ -146,6 +178,7 @@ async fn upgrade(
         parts.io,
         &parts.read_buf,
         peer,
+        preamble,
     );
     Ok(())
 }
@@ -209,8 +242,14 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
         session: name(&query, "session").map_err(|e| reject("query", e))?,
         connected_at: unix_now(),
     };
+    let recover = recovery::ask(&query);
     let slot = admit(state, request).map_err(|cap| reject(cap.reason(), cap_refusal(cap)))?;
-    Ok(Accepted { meta, role, slot })
+    Ok(Accepted {
+        meta,
+        role,
+        slot,
+        recover,
+    })
 }
 
 /// A place under the connection caps, taken last: only a connect that would

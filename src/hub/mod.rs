@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
 
-use crate::push::{Name, Push, Target};
+use crate::push::{ConnKey, MAX_CONN_NODE, Name, Push, Target};
 
 /// Node-local connection number; unique for the life of the process.
 pub type ConnId = u64;
@@ -57,8 +57,15 @@ struct State {
 }
 
 impl State {
-    fn for_each_match(&self, target: &Target, mut f: impl FnMut(&Arc<Outbox>)) {
+    fn for_each_match(&self, node: u64, target: &Target, mut f: impl FnMut(&Arc<Outbox>)) {
         match target {
+            Target::Conn(conn) => {
+                if conn.node == node
+                    && let Some(c) = self.conns.get(&conn.local)
+                {
+                    f(&c.outbox);
+                }
+            }
             Target::All => self.conns.values().for_each(|c| f(&c.outbox)),
             Target::Page(page) => {
                 if let Some(members) = self.by_page.get(page) {
@@ -85,7 +92,7 @@ impl Delivery {
         match offer {
             Offer::Queued => self.delivered += 1,
             Offer::Overflowed => self.slow_consumers += 1,
-            Offer::Closed => {}
+            Offer::Closed | Offer::Skipped => {}
         }
     }
 }
@@ -99,6 +106,8 @@ struct Shared {
     /// Sockets no longer in the indexes that are still finishing their close.
     closing: AtomicUsize,
     queue_limit_bytes: usize,
+    /// This hub's node number, the first part of its connections' [`ConnKey`]s.
+    node: u64,
 }
 
 /// See [`Hub::closing_guard`].
@@ -143,6 +152,7 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 closing: AtomicUsize::new(0),
                 queue_limit_bytes,
+                node: crate::redis::instance_token() % MAX_CONN_NODE + 1,
             }),
         }
     }
@@ -157,15 +167,50 @@ impl Hub {
         self.shared.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// This node's number: the first part of every local connection's [`ConnKey`]
+    /// (random in 1..=[`MAX_CONN_NODE`], drawn when the hub is made).
+    pub fn node(&self) -> u64 {
+        self.shared.node
+    }
+
+    /// The cluster-wide id of local connection `id`.
+    pub fn conn_key(&self, id: ConnId) -> ConnKey {
+        ConnKey {
+            node: self.shared.node,
+            local: id,
+        }
+    }
+
+    /// The local connection a cluster-wide id names, when it is one of this node's.
+    pub fn local_id(&self, key: Option<ConnKey>) -> Option<ConnId> {
+        key.filter(|k| k.node == self.shared.node).map(|k| k.local)
+    }
+
     /// Adds a connection served by fan-out `worker` and returns its id and outbox;
     /// `None` once the hub is stopped ([`Hub::stop`]).
     pub fn open(&self, meta: ConnMeta, worker: usize) -> Option<(ConnId, Arc<Outbox>)> {
+        self.open_with(meta, worker, false)
+    }
+
+    /// [`Hub::open`]; with `recover`, the connection takes pushes as envelopes and
+    /// starts holding them (see [`Outbox::release`]).
+    pub fn open_with(
+        &self,
+        meta: ConnMeta,
+        worker: usize,
+        recover: bool,
+    ) -> Option<(ConnId, Arc<Outbox>)> {
         let mut state = self.write();
         if self.shared.stopped.load(Ordering::Relaxed) {
             return None;
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.shared.queue_limit_bytes, worker));
+        let outbox = Arc::new(Outbox::for_conn(
+            self.shared.queue_limit_bytes,
+            worker,
+            id,
+            recover,
+        ));
         if let Some(page) = &meta.page {
             index(&mut state.by_page, page, id, &outbox);
         }
@@ -214,19 +259,37 @@ impl Hub {
     /// per worker, see [`crate::bus::Fanout`]).
     pub fn deliver(&self, push: &Push) -> Delivery {
         let frame = frame::text(&push.payload);
+        let envelope = crate::history::push_frame(None, &push.payload);
+        let exclude = self.local_id(push.exclude);
         let state = self.read();
         let mut delivery = Delivery::default();
-        state.for_each_match(&push.target, |outbox| delivery.offer(outbox, &frame));
+        state.for_each_match(self.shared.node, &push.target, |outbox| {
+            if Some(outbox.id()) == exclude {
+                return;
+            }
+            if outbox.is_recover() {
+                delivery.count(outbox.offer_push(None, &envelope));
+            } else {
+                delivery.offer(outbox, &frame);
+            }
+        });
         delivery
     }
 
-    /// Replaces `out` with the outboxes of worker `worker` that match `target`; the
-    /// worker then writes to them without holding the hub's lock.
-    pub fn collect(&self, target: &Target, worker: usize, out: &mut Vec<Arc<Outbox>>) {
+    /// Replaces `out` with the outboxes of worker `worker` that match `target`,
+    /// except local connection `exclude`; the worker then writes to them without
+    /// holding the hub's lock.
+    pub fn collect(
+        &self,
+        target: &Target,
+        exclude: Option<ConnId>,
+        worker: usize,
+        out: &mut Vec<Arc<Outbox>>,
+    ) {
         out.clear();
         let state = self.read();
-        state.for_each_match(target, |outbox| {
-            if outbox.worker() == worker {
+        state.for_each_match(self.shared.node, target, |outbox| {
+            if outbox.worker() == worker && Some(outbox.id()) != exclude {
                 out.push(outbox.clone());
             }
         });
@@ -236,10 +299,28 @@ impl Hub {
     pub fn count(&self, target: &Target) -> usize {
         let state = self.read();
         match target {
+            Target::Conn(conn) => {
+                usize::from(conn.node == self.shared.node && state.conns.contains_key(&conn.local))
+            }
             Target::All => state.conns.len(),
             Target::Page(page) => state.by_page.get(page).map_or(0, HashMap::len),
             Target::Uid(uid) => state.by_uid.get(uid).map_or(0, HashMap::len),
         }
+    }
+
+    /// [`Hub::count`] without local connection `exclude`.
+    pub fn count_except(&self, target: &Target, exclude: Option<ConnId>) -> usize {
+        let count = self.count(target);
+        let excluded = exclude.is_some_and(|id| {
+            let state = self.read();
+            state.conns.get(&id).is_some_and(|conn| match target {
+                Target::All => true,
+                Target::Page(page) => conn.meta.page.as_ref() == Some(page),
+                Target::Uid(uid) => conn.meta.uid.as_ref() == Some(uid),
+                Target::Conn(key) => key.local == id,
+            })
+        });
+        count.saturating_sub(usize::from(excluded))
     }
 
     /// Open connections on this node.

@@ -25,6 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::frame;
+use crate::history::Stamp;
 
 /// Bookkeeping cost charged per queued frame on top of its bytes, so that a flood
 /// of empty frames is bounded too.
@@ -89,6 +90,10 @@ pub enum Offer {
     Overflowed,
     /// The connection is already closing, or its socket broke.
     Closed,
+    /// A `?recover=1` connection had it already: its position at connect (the
+    /// floor) is at or past the push's offset, so the push was replayed or came
+    /// before the welcome.
+    Skipped,
 }
 
 /// What a [`Outbox::flush`] achieved.
@@ -130,6 +135,36 @@ struct State {
     /// row found frames waiting and no progress.
     taken_at_check: u64,
     stalled_checks: u32,
+    /// `Some` for a `?recover=1` connection (see [`Recovering`]).
+    recovering: Option<Recovering>,
+}
+
+/// A `?recover=1` connection's side of the seam between its replay and live pushes
+/// (DESIGN.md "Recovery": no gap and no duplicate at the seam).
+///
+/// The connection joins the hub *holding*, before its position is read: every push
+/// offered from then on is held here (bounded by the queue limit, like any queue),
+/// while the connection's own task writes the welcome and the replay. [`Outbox::release`]
+/// then keeps the held pushes after the position read (the floor) and drops the
+/// rest; from then on a push at or below the floor is skipped: this node's bus may
+/// deliver pushes published before the read after it.
+#[derive(Default)]
+struct Recovering {
+    holding: bool,
+    held: VecDeque<(Option<Stamp>, Bytes)>,
+    floor: Option<Stamp>,
+}
+
+impl Recovering {
+    /// Whether the connection had the push at `stamp` already.
+    fn below_floor(&self, stamp: Option<Stamp>) -> bool {
+        match (stamp, self.floor) {
+            (Some(stamp), Some(floor)) => {
+                stamp.epoch == floor.epoch && stamp.offset <= floor.offset
+            }
+            _ => false,
+        }
+    }
 }
 
 impl State {
@@ -174,6 +209,28 @@ impl State {
         self.frames.push_back(frame.clone());
         self.bytes += cost;
         Some(was_idle)
+    }
+
+    /// What becomes of a push to a `?recover=1` connection before it is written:
+    /// `Some(outcome)` when it was held or skipped (or overflowed the hold), `None`
+    /// when it goes through the queue as any frame.
+    fn recover_gate(&mut self, stamp: Option<Stamp>, frame: &Bytes, limit: usize) -> Option<Offer> {
+        let recovering = self.recovering.as_ref()?;
+        if recovering.below_floor(stamp) {
+            return Some(Offer::Skipped);
+        }
+        if !recovering.holding {
+            return None;
+        }
+        if !self.fits(frame, limit) {
+            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+            return Some(Offer::Overflowed);
+        }
+        self.bytes += frame.len() + FRAME_OVERHEAD;
+        if let Some(recovering) = &mut self.recovering {
+            recovering.held.push_back((stamp, frame.clone()));
+        }
+        Some(Offer::Queued)
     }
 
     /// Writes queued frames, then the close frame, until done or the socket is full.
@@ -261,8 +318,13 @@ impl State {
     }
 
     /// Drops queued frames that have not started (a partly written frame must be
-    /// finished, or the byte stream would be corrupt).
+    /// finished, or the byte stream would be corrupt), and every held one.
     fn drop_unstarted(&mut self) {
+        if let Some(recovering) = &mut self.recovering {
+            for (_, frame) in recovering.held.drain(..) {
+                self.bytes -= frame.len() + FRAME_OVERHEAD;
+            }
+        }
         let keep = usize::from(self.front_started);
         while self.frames.len() > keep {
             if let Some(frame) = self.frames.pop_back() {
@@ -283,17 +345,100 @@ pub struct Outbox {
     limit_bytes: usize,
     /// The fan-out worker that writes to this connection (the thread serving it).
     worker: usize,
+    /// The hub's number for the connection (0 outside a hub).
+    id: u64,
+    /// Opened with `?recover=1`: pushes come as `{"type":"push",...}` frames through
+    /// [`Outbox::offer_push`], starting held (see [`Recovering`]).
+    recover: bool,
 }
 
 impl Outbox {
     pub fn new(limit_bytes: usize, worker: usize) -> Self {
+        Self::for_conn(limit_bytes, worker, 0, false)
+    }
+
+    /// The outbox of hub connection `id`; with `recover`, holding (see [`Recovering`]).
+    pub fn for_conn(limit_bytes: usize, worker: usize, id: u64, recover: bool) -> Self {
+        let state = State {
+            recovering: recover.then(|| Recovering {
+                holding: true,
+                ..Recovering::default()
+            }),
+            ..State::default()
+        };
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             wire: OnceLock::new(),
             last_seen: AtomicU32::new(now_secs()),
             limit_bytes,
             worker,
+            id,
+            recover,
         }
+    }
+
+    /// The hub's number for this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the connection takes pushes as envelopes ([`Outbox::offer_push`]).
+    pub fn is_recover(&self) -> bool {
+        self.recover
+    }
+
+    /// Offers a push's envelope `frame` (its position `stamp`, `None` for a push
+    /// without one) to a `?recover=1` connection: held while the connection
+    /// recovers, skipped when at or below its floor, else as [`Outbox::offer`].
+    pub fn offer_push(&self, stamp: Option<Stamp>, frame: &Bytes) -> Offer {
+        let mut state = self.lock();
+        if state.refuses_frames() {
+            return Offer::Closed;
+        }
+        if let Some(offer) = state.recover_gate(stamp, frame, self.limit_bytes) {
+            return offer;
+        }
+        self.offer_locked(state, frame)
+    }
+
+    /// [`Outbox::offer_push`] for a worker writing several pushes at once (see
+    /// [`Outbox::offer_deferred`]).
+    pub fn offer_push_deferred(&self, stamp: Option<Stamp>, frame: &Bytes) -> (Offer, bool) {
+        let mut state = self.lock();
+        if state.refuses_frames() {
+            return (Offer::Closed, false);
+        }
+        if let Some(offer) = state.recover_gate(stamp, frame, self.limit_bytes) {
+            return (offer, false);
+        }
+        self.offer_deferred_locked(state, frame)
+    }
+
+    /// Ends the hold of a `?recover=1` connection whose welcome and replay end at
+    /// `floor`: held pushes after it are queued in order, the others dropped, and
+    /// from now on pushes at or below it are skipped. Returns how many held pushes
+    /// were kept.
+    pub fn release(&self, floor: Stamp) -> usize {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(recovering) = &mut state.recovering else {
+            return 0;
+        };
+        recovering.holding = false;
+        recovering.floor = Some(floor);
+        let mut kept = 0;
+        for (stamp, frame) in std::mem::take(&mut recovering.held) {
+            if recovering.below_floor(stamp) {
+                state.bytes -= frame.len() + FRAME_OVERHEAD;
+            } else {
+                state.frames.push_back(frame);
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            state.wake_writer();
+        }
+        kept
     }
 
     /// Connects the outbox to its socket; frames offered from now on are written.
@@ -320,6 +465,10 @@ impl Outbox {
         if state.refuses_frames() {
             return Offer::Closed;
         }
+        self.offer_locked(state, frame)
+    }
+
+    fn offer_locked(&self, state: MutexGuard<'_, State>, frame: &Bytes) -> Offer {
         match self.wire.get() {
             // Nothing ahead of it: straight into the socket.
             Some(wire) if state.frames.is_empty() => self.write_now(state, wire.as_ref(), frame),
@@ -356,10 +505,18 @@ impl Outbox {
     /// socket does not take counts (a burst of large pushes must not close a client
     /// that reads).
     pub fn offer_deferred(&self, frame: &Bytes) -> (Offer, bool) {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.refuses_frames() {
             return (Offer::Closed, false);
         }
+        self.offer_deferred_locked(state, frame)
+    }
+
+    fn offer_deferred_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        frame: &Bytes,
+    ) -> (Offer, bool) {
         if !state.fits(frame, self.limit_bytes) {
             match self.write_pending(&mut state) {
                 Flush::Broken => return (state.mark_broken(), false),

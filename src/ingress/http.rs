@@ -10,9 +10,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::app::AppState;
+use crate::bus::Published;
 use crate::edge::{Query, bearer_token, strip_bom_bytes};
 use crate::error::ApiError;
-use crate::push::{Ingress, Name, Push, Target};
+use crate::push::{ConnKey, Ingress, Name, Push, Target};
 use crate::scenes::Params;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -118,10 +119,22 @@ async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Ap
         return Err(ApiError::not_found(format!("unknown func {func:?}"))
             .with("funcs", state.scenes.funcs()));
     };
-    let push = scene.render(&Params::from_query(&query)).map_err(|e| {
-        state.metrics.rejected("scene_params");
-        ApiError::bad_request(format!("{func}: {e}"))
-    })?;
+    let exclude = query
+        .non_empty("exclude")
+        .map(|text| {
+            ConnKey::parse(text).map_err(|e| {
+                state.metrics.rejected("api_target");
+                ApiError::bad_request(format!("?exclude= {e}"))
+            })
+        })
+        .transpose()?;
+    let push = scene
+        .render(&Params::from_query(&query))
+        .map_err(|e| {
+            state.metrics.rejected("scene_params");
+            ApiError::bad_request(format!("{func}: {e}"))
+        })?
+        .excluding(exclude);
     if push.payload.len() > state.settings.server.max_message_bytes {
         return Err(ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -129,13 +142,28 @@ async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Ap
         ));
     }
     let published = state.publish(push, Ingress::HttpFunc).await;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut reply = json!({
         "code": 200,
         "message": "ok",
         "func": func,
         "delivered": published.delivered,
         "cluster_wide": published.cluster_wide,
-    })))
+    });
+    with_offset(&mut reply, &published, state);
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+/// Adds the push's `"offset"` to a push reply when the history is on
+/// (`history.size > 0`) and the push has one (not while Redis is unreachable).
+fn with_offset(reply: &mut serde_json::Value, published: &Published, state: &AppState) {
+    if state.settings.history.size > 0
+        && let (Some(stamp), Some(object)) = (published.stamp, reply.as_object_mut())
+    {
+        object.insert(
+            "offset".into(),
+            crate::history::offset_text(stamp.offset).into(),
+        );
+    }
 }
 
 /// Reads a request body up to `limit` bytes.
@@ -166,6 +194,10 @@ struct PushRequest<'a> {
     uid: Option<&'a RawValue>,
     #[serde(default)]
     all: bool,
+    #[serde(default, borrow, deserialize_with = "present")]
+    conn: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    exclude: Option<&'a RawValue>,
     /// Forwarded as written: key order, number spelling and spacing are the
     /// sender's, as on the text port.
     #[serde(borrow)]
@@ -182,14 +214,20 @@ fn push_target(request: &PushRequest<'_>) -> Result<Target, ApiError> {
     let named = |raw: &RawValue, field: &str| {
         Name::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("{field} {e}")))
     };
-    match (request.page, request.uid, request.all) {
-        (Some(page), None, false) => Ok(Target::Page(named(page, "page")?)),
-        (None, Some(uid), false) => Ok(Target::Uid(named(uid, "uid")?)),
-        (None, None, true) => Ok(Target::All),
+    match (request.page, request.uid, request.all, request.conn) {
+        (Some(page), None, false, None) => Ok(Target::Page(named(page, "page")?)),
+        (None, Some(uid), false, None) => Ok(Target::Uid(named(uid, "uid")?)),
+        (None, None, true, None) => Ok(Target::All),
+        (None, None, false, Some(conn)) => Ok(Target::Conn(conn_key(conn, "conn")?)),
         _ => Err(ApiError::bad_request(
-            "give exactly one target: \"page\", \"uid\" or \"all\": true",
+            "give exactly one target: \"page\", \"uid\", \"all\": true or \"conn\"",
         )),
     }
+}
+
+/// A connection id field (`conn`, `exclude`): a string as the welcome frame gave it.
+fn conn_key(raw: &RawValue, field: &str) -> Result<ConnKey, ApiError> {
+    ConnKey::from_raw_json(raw).map_err(|e| ApiError::bad_request(format!("{field} {e}")))
 }
 
 /// `POST /api/push` with `{"page"|"uid"|"all", "message"}`.
@@ -207,6 +245,11 @@ async fn api_push(
         ApiError::bad_request(format!("malformed JSON: {e}"))
     })?;
     let target = push_target(&request).inspect_err(|_| state.metrics.rejected("api_target"))?;
+    let exclude = request
+        .exclude
+        .map(|raw| conn_key(raw, "exclude"))
+        .transpose()
+        .inspect_err(|_| state.metrics.rejected("api_target"))?;
     let text = request.message.get();
     if text.len() > limit {
         return Err(ApiError::new(
@@ -216,16 +259,18 @@ async fn api_push(
     }
     let published = state
         .publish(
-            Push::new(target, ByteString::from(text.to_owned())),
+            Push::new(target, ByteString::from(text.to_owned())).excluding(exclude),
             Ingress::HttpApi,
         )
         .await;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut reply = json!({
         "code": 200,
         "message": "ok",
         "delivered": published.delivered,
         "cluster_wide": published.cluster_wide,
-    })))
+    });
+    with_offset(&mut reply, &published, &state);
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 /// `GET /api/presence?page=P` or `?uid=U`.
@@ -247,7 +292,7 @@ async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let count = state.registry.count(&target).await;
     let name = match &target {
         Target::Page(n) | Target::Uid(n) => n.to_string(),
-        Target::All => String::new(),
+        Target::All | Target::Conn(_) => String::new(),
     };
     Ok(HttpResponse::Ok().json(json!({
         "code": 200,

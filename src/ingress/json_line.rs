@@ -160,7 +160,7 @@ pub fn route_json_line(line: &str, required_token: Option<&str>) -> Result<Push,
             )
         }
     };
-    Ok(Push { target, payload })
+    Ok(Push::new(target, payload))
 }
 
 /// `object` (the text `members` were parsed from) without member `index`: from the

@@ -68,6 +68,9 @@ impl RedisKeys {
             Target::All => redis::cmd("HLEN").arg(self.conns()).clone(),
             Target::Page(page) => redis::cmd("SCARD").arg(self.page(page)).clone(),
             Target::Uid(uid) => redis::cmd("SCARD").arg(self.uid(uid)).clone(),
+            // The registry does not index connections by their cluster-wide id:
+            // at most one connection matches.
+            Target::Conn(_) => redis::cmd("ECHO").arg(1).clone(),
         }
     }
 }

@@ -23,5 +23,6 @@ mod ingress;
 mod pages;
 mod profiles;
 mod protocol;
+mod recovery;
 mod router;
 mod workers;
