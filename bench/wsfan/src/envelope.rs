@@ -6,9 +6,18 @@
 use serde_json::Value;
 
 pub enum Frame {
-    Welcome { conn: String, epoch: String, offset: u128 },
-    Push { offset: u128 },
-    Recovered { recovered: bool, replayed: u64 },
+    Welcome {
+        conn: String,
+        epoch: String,
+        offset: u128,
+    },
+    Push {
+        offset: u128,
+    },
+    Recovered {
+        recovered: bool,
+        replayed: u64,
+    },
     /// Anything else (a raw payload, a pong).
     Other,
 }
@@ -61,7 +70,8 @@ mod tests {
 
     #[test]
     fn reads_the_three_frames() {
-        let w = r#"{"type":"welcome","conn":"1.7","epoch":"00000000deadbeef","offset":"00000000000000000042"}"#;
+        let w =
+            r#"{"type":"welcome","conn":"1.7","epoch":"00000000deadbeef","offset":"00000000000000000042"}"#;
         assert!(matches!(parse(w), Frame::Welcome { offset: 42, .. }));
         let p = r#"{"type":"push","offset":"00000000000000000043","data":{"seq":"5","offset":"1"}}"#;
         assert!(matches!(parse(p), Frame::Push { offset: 43 }));

@@ -82,7 +82,8 @@ pub async fn storm(
         let (cfg, plan, run) = (cfg.clone(), plan.clone(), run.clone());
         let (connect_sem, reconnect_sem) = (connect_sem.clone(), reconnect_sem.clone());
         let (welcome_tx, done_tx) = (welcome_tx.clone(), done_tx.clone());
-        let (mut phase, reconnect_url, t_release) = (phase_rx.clone(), reconnect_url.clone(), t_release.clone());
+        let (mut phase, reconnect_url, t_release) =
+            (phase_rx.clone(), reconnect_url.clone(), t_release.clone());
         tokio::spawn(async move {
             let first = {
                 let _permit = connect_sem.acquire().await;
@@ -152,13 +153,15 @@ pub async fn storm(
 
     // ---- storm: every client reconnects at once ---------------------------------
     let rss_before = sc.server_pid.and_then(rss_kb);
-    let (gen0, srv0, machine0) = (cpu_secs(None), sc.server_pid.and_then(|p| cpu_secs(Some(p))), machine_cpu_secs());
+    let (gen0, srv0, machine0) =
+        (cpu_secs(None), sc.server_pid.and_then(|p| cpu_secs(Some(p))), machine_cpu_secs());
     let release = Instant::now();
     let _ = t_release.set(release);
     let _ = phase_tx.send(RECONNECT);
     eprintln!("storm: {welcomed} clients reconnect with their positions...");
     let mut hist = new_hist();
-    let (mut recovered_true, mut recovered_false, mut replayed_total, mut replayed_short) = (0u64, 0u64, 0u64, 0u64);
+    let (mut recovered_true, mut recovered_false, mut replayed_total, mut replayed_short) =
+        (0u64, 0u64, 0u64, 0u64);
     let (mut out_of_order, mut reconnected, mut last_done) = (0u64, 0u64, Duration::ZERO);
     let mut reconnect_failures: BTreeMap<String, u64> = BTreeMap::new();
     let end = tokio::time::Instant::now() + sc.drain_timeout;
@@ -185,7 +188,8 @@ pub async fn storm(
         hist.saturating_record((o.after.as_micros() as u64).max(1));
     }
     if reported < welcomed {
-        *reconnect_failures.entry("no outcome before the drain timeout".into()).or_default() += welcomed - reported;
+        *reconnect_failures.entry("no outcome before the drain timeout".into()).or_default() +=
+            welcomed - reported;
     }
     let wall = release.elapsed().as_secs_f64();
     let storm_s = if reported == welcomed { last_done.as_secs_f64() } else { wall };
@@ -222,7 +226,10 @@ pub async fn storm(
         "server_rss_kb_before_storm": rss_before, "server_rss_kb_end": sc.server_pid.and_then(rss_kb),
     });
     eprintln!("\n== wsfan storm {} ==", sc.label);
-    eprintln!("clients      {welcomed}/{} welcomed in {connect_s:.2}s, {reconnected} reconnected", sc.clients);
+    eprintln!(
+        "clients      {welcomed}/{} welcomed in {connect_s:.2}s, {reconnected} reconnected",
+        sc.clients
+    );
     eprintln!(
         "recovered    {recovered_true} true, {recovered_false} false; replayed {replayed_total} (expected {expected})"
     );
@@ -244,7 +251,11 @@ pub async fn storm(
 }
 
 /// Connects client `i` with the plain template and reads its welcome frame.
-async fn first_connect(i: usize, cfg: &ClientCfg, plan: &Plan) -> Result<(crate::clients::Ws, Position), String> {
+async fn first_connect(
+    i: usize,
+    cfg: &ClientCfg,
+    plan: &Plan,
+) -> Result<(crate::clients::Ws, Position), String> {
     let mut ws = connect_url(i, cfg, plan.render(&cfg.url_template, i)).await?;
     match next_text(&mut ws).await? {
         Some(text) => match envelope::parse(&text) {
@@ -290,7 +301,10 @@ async fn recover(mut ws: crate::clients::Ws, cfg: &ClientCfg, run: &Run, since: 
                 o.replayed = replayed;
                 return o;
             }
-            _ => break o.error = Some(format!("unexpected frame: {}", text.chars().take(80).collect::<String>())),
+            _ => {
+                break o.error =
+                    Some(format!("unexpected frame: {}", text.chars().take(80).collect::<String>()));
+            }
         }
     }
     o
