@@ -148,6 +148,19 @@ async fn flow() {
     server.wait_status("ok").await;
     wait_state(&chrome, &home, "home", "open").await;
     wait_state(&chrome, &list, "list", "open").await;
+    // The restarted server has a new history (a new epoch): it cannot tell what the
+    // pages missed, and they say so.
+    for tab in [&home, &list] {
+        chrome.switch_to(tab).await;
+        chrome
+            .wait_for(
+                "the page says messages may have been missed",
+                "return !document.getElementById('missed').hidden \
+                 && document.getElementById('recovered').hidden;",
+                json!([]),
+            )
+            .await;
+    }
 
     let result = back_action(&chrome, &back, "button[data-scene='pushHomeLogic']", 3).await;
     assert_eq!(result, "delivered: 1");
