@@ -13,6 +13,7 @@
  *   sc.addEventListener('message', (e) => e.detail.data);  // the same, as DOM events
  *   sc.addEventListener('state', (e) => e.detail.state);
  *   sc.addEventListener('recovered', (e) => e.detail.recovered && e.detail.replayed);
+ *   sc.addEventListener('welcome', (e) => e.detail.conn);  // each connect, recover mode
  *   sc.state;        // current state
  *   sc.conn;         // this connection's id (welcome frame; null while away), for `exclude`
  *   sc.send({...});  // send a frame (objects are JSON-encoded); false when not open
@@ -40,7 +41,10 @@
  *   server restarted): reload the data the page shows. No event on a first connect.
  *   The envelopes ({"type":"welcome"|"push"|"recovered",...}) stay inside this file:
  *   onMessage and 'message' get each push's payload exactly as with `recover: false`,
- *   which is the raw protocol of the seeds' clients (frames are the payloads as is).
+ *   which is the raw protocol of the seeds' clients (frames are the payloads as is);
+ *   a push at or before the last offset handed over is dropped as a duplicate. A
+ *   server without recovery answers recover=1 with raw frames (no welcome first):
+ *   they are passed on as they are.
  *
  * Options (all optional but page/token): path, url, minDelay (500), maxDelay (15000),
  * stableAfter (5000), heartbeat (25000), deadAfter (2.5 x heartbeat), autoConnect (true),
