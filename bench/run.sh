@@ -255,7 +255,8 @@ run_cluster() {
 #  - recovery-storm-embedded: 10k recover=1 clients drop their sockets at once, 50
 #    pushes are made while they are away, all reconnect at once with their positions;
 #  - recovery-storm-redis: the same on two nodes sharing a Redis, the clients
-#    connecting to the first and coming back to the second (history in Redis).
+#    connecting to the first and coming back to the second (history in Redis);
+#    STORM_REDIS=0 skips it. STORM_CLIENTS / STORM_MISSED change 10000 / 50.
 STORM_CLIENTS=${STORM_CLIENTS:-10000}
 STORM_MISSED=${STORM_MISSED:-50}
 storm_run() { # scenario reconnect_port [wsfan args...]
@@ -291,6 +292,7 @@ run_recovery() {
     storm_run recovery-storm-embedded "$HTTP_PORT"
     stop_server
   done
+  [[ ${STORM_REDIS:-1} == 0 ]] && { log "recovery-storm-redis: skipped (STORM_REDIS=0)"; return 0; }
   command -v redis-server >/dev/null || { log "recovery-storm-redis: no redis-server: not available"; return 0; }
   local redis_port; redis_port=$(free_port)
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
