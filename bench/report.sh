@@ -34,6 +34,7 @@ STORM=$(jq -s '
   def med: map(select(. != null)) | sort | if length == 0 then null
     elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def r2: if . == null then null else (. * 100 | round) / 100 end;
+  def r0: if . == null then null else round end;
   (map(select(.scenario | endswith("-extra"))) | map({key: "\(.scenario | rtrimstr("-extra")):\(.run)", value: .redis_cpu_s}) | from_entries) as $redis
   | map(select(.mode == "storm")) | group_by(.scenario)
   | map({scenario: .[0].scenario, runs: length, clients: (map(.connected) | min), missed: .[0].pushes,
@@ -41,7 +42,7 @@ STORM=$(jq -s '
       lost: (map(.lost) | max), extra: (map(.extra) | max), dups: (map(.offset_dups) | max),
       gaps: (map(.offset_gaps) | max), ooo: (map(.out_of_order) | max),
       failed: (map(.reconnect_failures | [.[]] | add // 0) | max),
-      storm_s: (map(.storm_s) | med | r2), p50: (map(.recover_ms_p50) | med), p99: (map(.recover_ms_p99) | med),
+      storm_s: (map(.storm_s) | med | r2), p50: (map(.recover_ms_p50) | med | r0), p99: (map(.recover_ms_p99) | med | r0),
       cpu_s: (map(.server_cpu_s_storm) | med | r2), cpu_pct: (map(.server_cpu_pct_storm) | med),
       us_frame: (map(if .received > 0 and .server_cpu_s_storm != null then .server_cpu_s_storm / .received * 1e6 else null end) | med | r2),
       gen: (map(.gen_cpu_pct_storm) | med), other: (map(.others_cpu_pct_storm) | med),

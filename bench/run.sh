@@ -4,7 +4,7 @@
 # Writes bench/results/YYYY-MM-DD.md (medians of $RUNS runs) and the raw wsfan JSON
 # beside it (.jsonl).
 #
-#   bench/run.sh                        # everything, 3 runs each (~20 min on 2 cores)
+#   bench/run.sh                        # everything, 3 runs each (~25 min on 2 cores)
 #   RUNS=1 SCENARIOS="idle latency" bench/run.sh
 #
 # Environment:
@@ -13,8 +13,7 @@
 #   SCENECAST_BIN  server binary to measure (default: cargo build --release)
 #   RUNS           runs per case            (default 3)
 #   SCENARIOS      subset of: idle fanout latency small max text slow cluster recovery
-#                  (recovery is not in the default set: OUT=bench/results/DATE-recovery.md
-#                  SCENARIOS=recovery bench/run.sh)
+#                  (recovery alone: OUT=bench/results/DATE-recovery.md SCENARIOS=recovery)
 #   PEER           0 to skip the Node peer (e.g. to measure an older scenecast build)
 #   OUT            results file             (default bench/results/$(date +%F).md)
 #
@@ -26,7 +25,7 @@ cd "$ROOT"
 WSFAN_DIR=${WSFAN_DIR:-$ROOT/bench/wsfan}
 NODE_PEER_DIR=${NODE_PEER_DIR:-$ROOT/bench/node-ws-peer}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster}
+SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster recovery}
 OUT=${OUT:-$ROOT/bench/results/$(date +%F).md}
 RAW=${OUT%.md}.jsonl
 WORK=$(mktemp -d)
