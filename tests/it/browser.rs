@@ -296,6 +296,14 @@ async fn push_home(server: &TestServer, text: &str) {
     assert_eq!(status, 200, "push {text}: {reply}");
 }
 
+/// Pushes to page home for everyone but the connection `conn` (what a back office
+/// does with the id a page sent it along with a change it made).
+async fn push_home_excluding(server: &TestServer, conn: &str, text: &str) {
+    let body = json!({"page": "home", "exclude": conn, "message": {"code": 200, "message": text}});
+    let (status, reply) = server.api_push(&body.to_string()).await;
+    assert_eq!(status, 200, "push {text}: {reply}");
+}
+
 /// Opens /home through `proxy`, pushes `before`, cuts the page's connection (the
 /// server stays up), pushes `missed` while the page is away, lets it reconnect, then
 /// pushes a marker. Returns the feed (oldest first) once the marker shows, and the
@@ -311,14 +319,24 @@ async fn blip(
         .open_tab(&format!("http://{}/home?token={CLIENT_TOKEN}", proxy.addr))
         .await;
     wait_state(chrome, &home, "home", "open").await;
-    // The page connects with recover=1: its welcome frame is in once it has an id.
-    chrome
+    // The page connects with recover=1: its welcome frame is in once it has an id,
+    // the server's id for this connection, which a push can exclude.
+    let conn = chrome
         .wait_for(
             "/home knows its connection id",
-            "return typeof window.scenecastClient.conn === 'string';",
+            "return window.scenecastClient.conn;",
             json!([]),
         )
         .await;
+    let conn = conn.as_str().unwrap_or_default().to_string();
+    let (node, local) = conn.split_once('.').unwrap_or_default();
+    assert!(
+        !node.is_empty()
+            && !local.is_empty()
+            && (node.chars().chain(local.chars())).all(|c| c.is_ascii_digit()),
+        "a connection id is node.local: {conn:?}"
+    );
+    push_home_excluding(server, &conn, "not for the page that acted").await;
     for (n, text) in before.iter().enumerate() {
         push_home(server, text).await;
         assert_eq!(newest_entry(chrome, &home, "home", n + 1).await, *text);
@@ -333,6 +351,9 @@ async fn blip(
         (server.connections("page=home").await == 0).then_some(())
     })
     .await;
+    // While away: one push that excludes the page's old connection (it reconnects
+    // with `prev` = that id, so the replay skips it), and the ones it missed.
+    push_home_excluding(server, &conn, "not for the page that acted, while away").await;
     for text in missed {
         push_home(server, text).await;
     }
