@@ -228,6 +228,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             ));
             let (bus, tasks) = RedisBus::start(
                 &settings.redis,
+                &settings.history,
                 commands,
                 &node_id,
                 origin,

@@ -2,12 +2,16 @@
 //!
 //! Every node subscribes to `{prefix}:push` once, on its subscription [`Link`]; a
 //! publish goes out on the node's command link (shared with the registry) as one
-//! `MULTI` with the cluster-wide count of matching connections, the number of
-//! registered nodes and the `PUBLISH`, so the number the caller gets back is the
-//! number of open connections, on all nodes, that matched the target when the push
-//! was published, and `cluster_wide` says whether every registered node was
-//! listening. Each node — the publisher included — delivers what its subscription
-//! receives, so no node delivers a push twice.
+//! Lua script ([`crate::history::redis::PUBLISH`]) that gives the push the next
+//! offset of the cluster's history, appends it to the history stream, `PUBLISH`es
+//! the envelope (now carrying epoch and offset) and returns the cluster-wide count
+//! of matching connections and the number of registered nodes, so the number the
+//! caller gets back is the number of open connections, on all nodes, that matched
+//! the target when the push was published, and `cluster_wide` says whether every
+//! registered node was listening. One script, so the order of the `PUBLISH`es is
+//! the order of the offsets on every subscriber. Each node — the publisher
+//! included — delivers what its subscription receives, so no node delivers a push
+//! twice.
 //!
 //! When the link is down the node keeps serving its own clients: a publish goes to
 //! this node's hub and says so (`cluster_wide: false`). When a publish fails on the
@@ -30,9 +34,11 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::{Fanout, Published};
-use crate::config::RedisSettings;
+use crate::config::{HistorySettings, RedisSettings};
+use crate::history::redis::{PUBLISH, READ, eval, parse_read, target_fields, target_from_fields};
+use crate::history::{Read, Stamp, epoch_text, new_epoch, parse_epoch};
 use crate::metrics::Metrics;
-use crate::push::{Name, Push, Target};
+use crate::push::{ConnKey, Push, Target};
 use crate::redis::link::Subscription;
 use crate::redis::{Link, LinkDown, LogEvery, RedisKeys, unix_micros};
 
@@ -69,6 +75,7 @@ struct Shared {
     /// `server.max_message_bytes`: a bus message carrying more than any ingress
     /// accepts was not published by a node, and is refused like other garbage.
     max_payload: usize,
+    history: HistorySettings,
 }
 
 /// A bus latency above this (or a send time in the future) comes from another
@@ -95,6 +102,8 @@ pub struct RedisBus {
 #[derive(Debug)]
 struct Envelope {
     push: Push,
+    /// The push's place in the history (set by the publish script).
+    stamp: Option<Stamp>,
     origin: u64,
     seq: u64,
     sent_micros: u64,
@@ -104,8 +113,10 @@ impl RedisBus {
     /// Opens the subscription link and returns the bus with its two critical tasks
     /// (the link's prober and the delivery task); until the first subscription,
     /// publishes are delivered locally. Publishes go through `commands`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: &RedisSettings,
+        history: &HistorySettings,
         commands: Link,
         node: &str,
         origin: u64,
@@ -137,6 +148,7 @@ impl RedisBus {
             echoes: Mutex::new(VecDeque::new()),
             dropped,
             max_payload,
+            history: history.clone(),
         });
         let tasks = vec![
             (
@@ -187,14 +199,42 @@ impl RedisBus {
         let shared = &self.shared;
         if self.is_up() {
             let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-            let envelope = encode(&push, shared.origin, seq, unix_micros());
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .add_command(shared.keys.count(&push.target))
-                .scard(shared.keys.nodes())
-                .publish(&shared.channel, envelope);
-            match shared.commands.query::<(usize, usize, usize)>(&pipe).await {
-                Ok((matched, nodes, listening)) => {
+            let (head, tail) = encode_parts(&push, shared.origin, seq, unix_micros());
+            let (kind, key) = target_fields(&push.target);
+            let (count_kind, count_key) = match &push.target {
+                Target::All => ("hlen", shared.keys.conns()),
+                Target::Page(page) => ("scard", shared.keys.page(page)),
+                Target::Uid(uid) => ("scard", shared.keys.uid(uid)),
+                // The registry does not index connections by their cluster-wide id:
+                // at most one matches.
+                Target::Conn(_) => ("one", shared.keys.conns()),
+            };
+            let keys = [
+                shared.keys.history_epoch(),
+                shared.keys.history(),
+                count_key,
+                shared.keys.nodes(),
+            ];
+            let mut script = eval(PUBLISH, &keys);
+            script
+                .arg(epoch_text(new_epoch()))
+                .arg(shared.history.size)
+                .arg(count_kind)
+                .arg(head)
+                .arg(tail)
+                .arg(kind)
+                .arg(key)
+                .arg(push.exclude.map(|c| c.to_string()).unwrap_or_default())
+                .arg(&*push.payload)
+                .arg(&shared.channel);
+            let published = shared
+                .commands
+                .query::<(String, u64, usize, usize, usize, i64)>(&script)
+                .await;
+            match published {
+                Ok((epoch, offset, matched, nodes, listening, len)) => {
+                    shared.metrics.history_size.set(len);
+                    let stamp = parse_epoch(&epoch).map(|epoch| Stamp { epoch, offset });
                     let everyone = listening >= nodes;
                     if !everyone && let Some(suppressed) = NOT_ALL_LISTENING.admit() {
                         log::warn!(
@@ -205,7 +245,7 @@ impl RedisBus {
                     return Published {
                         delivered: matched,
                         cluster_wide: everyone,
-                        stamp: None,
+                        stamp,
                     };
                 }
                 Err(e) => {
@@ -228,16 +268,36 @@ impl RedisBus {
         }
     }
 
-    /// See [`super::Bus::read_history`].
-    pub async fn read_history(
-        &self,
-        _since: Option<crate::history::Stamp>,
-    ) -> Result<crate::history::Read, LinkDown> {
-        Err(LinkDown {
+    /// See [`super::Bus::read_history`]: one script call reads the epoch, the
+    /// head and the replay together (creating the epoch when Redis lost it), so the
+    /// welcome never pairs a new epoch with an old offset.
+    pub async fn read_history(&self, since: Option<Stamp>) -> Result<Read, LinkDown> {
+        let shared = &self.shared;
+        if let Some(down) = shared.commands.down() {
+            return Err(down);
+        }
+        let keys = [shared.keys.history_epoch(), shared.keys.history()];
+        let mut script = eval(READ, &keys);
+        script
+            .arg(epoch_text(new_epoch()))
+            .arg(since.map(|s| epoch_text(s.epoch)).unwrap_or_default())
+            .arg(since.map(|s| s.offset.to_string()).unwrap_or_default())
+            .arg(shared.history.ttl_secs.saturating_mul(1000));
+        let failed = |reason: String| LinkDown {
             link: "commands",
-            since: 0,
-            reason: "history in redis mode comes in the next commit".into(),
-        })
+            since: unix_micros() / 1_000_000,
+            reason,
+        };
+        match shared.commands.query::<Value>(&script).await {
+            Ok(reply) => parse_read(&reply).ok_or_else(|| {
+                shared.metrics.rejected("history_reply");
+                failed("unexpected history reply".into())
+            }),
+            Err(e) => {
+                shared.metrics.redis_errors.inc();
+                Err(failed(format!("history read failed: {e}")))
+            }
+        }
     }
 }
 
@@ -309,7 +369,10 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
                 if let Some(elapsed) = elapsed.filter(|&e| e < MAX_PLAUSIBLE_LATENCY_MICROS) {
                     shared.metrics.bus_latency.observe(elapsed as f64 / 1e6);
                 }
-                shared.fanout.push(envelope.push).await;
+                shared
+                    .fanout
+                    .push_stamped(envelope.push, envelope.stamp)
+                    .await;
             }
             None => {
                 shared.metrics.rejected("bus_message");
@@ -325,23 +388,30 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
 }
 
 /// Wire format on the channel:
-/// `{kind}{sent_micros}:{origin:x}:{seq}:{key_len}:{key}{payload}` with kind `a`
-/// (all), `p` (page) or `u` (uid); `origin` tells this process's envelopes from
-/// others', `seq` numbers them. Length-prefixed so that page and uid names may
-/// contain any character, and the payload is carried without re-escaping.
-fn encode(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> String {
-    let (kind, key) = match &push.target {
-        Target::All => ('a', ""),
-        Target::Page(page) => ('p', &**page),
-        Target::Uid(uid) => ('u', &**uid),
-        Target::Conn(_) => ('c', ""),
-    };
-    let mut out = String::with_capacity(push.payload.len() + key.len() + 64);
-    out.push(kind);
-    out.push_str(&format!("{sent_micros}:{origin:x}:{seq}:{}:", key.len()));
-    out.push_str(key);
-    out.push_str(&push.payload);
-    out
+/// `{kind}{sent_micros}:{origin:x}:{seq}:{epoch}:{offset}:{exclude}:{key_len}:{key}{payload}`
+/// with kind `a` (all), `p` (page), `u` (uid) or `c` (conn); `origin` tells this
+/// process's envelopes from others', `seq` numbers them; `epoch` (16 hex digits)
+/// and `offset` (decimal) are the push's place in the history, written by the
+/// publish script; `exclude` a connection id or empty. Length-prefixed so that page
+/// and uid names may contain any character, and the payload is carried without
+/// re-escaping.
+#[cfg(test)]
+fn encode(push: &Push, stamp: Option<Stamp>, origin: u64, seq: u64, sent_micros: u64) -> String {
+    let (head, tail) = encode_parts(push, origin, seq, sent_micros);
+    let (epoch, offset) = stamp.map_or((String::new(), String::new()), |s| {
+        (epoch_text(s.epoch), s.offset.to_string())
+    });
+    format!("{head}{epoch}:{offset}:{tail}{}", push.payload)
+}
+
+/// The envelope around the epoch and offset that the publish script puts in:
+/// what comes before them, and what comes after them up to the payload.
+fn encode_parts(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> (String, String) {
+    let (kind, key) = target_fields(&push.target);
+    let head = format!("{kind}{sent_micros}:{origin:x}:{seq}:");
+    let exclude = push.exclude.map(|c| c.to_string()).unwrap_or_default();
+    let tail = format!("{exclude}:{}:{key}", key.len());
+    (head, tail)
 }
 
 /// Parses an envelope; `None` for anything else (bytes on the channel come from
@@ -352,20 +422,37 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
     let (sent, rest) = rest.split_once(':')?;
     let (origin, rest) = rest.split_once(':')?;
     let (seq, rest) = rest.split_once(':')?;
+    let (epoch, rest) = rest.split_once(':')?;
+    let (offset, rest) = rest.split_once(':')?;
+    let (exclude, rest) = rest.split_once(':')?;
     let (key_len, rest) = rest.split_once(':')?;
     let key_len: usize = key_len.parse().ok()?;
     let (key, payload) = rest.split_at_checked(key_len)?;
     if payload.is_empty() {
         return None; // no ingress publishes an empty frame
     }
-    let target = match kind {
-        "a" if key.is_empty() => Target::All,
-        "p" => Target::Page(Name::try_from(key).ok()?),
-        "u" => Target::Uid(Name::try_from(key).ok()?),
-        _ => return None,
+    let stamp = match (epoch, offset) {
+        ("", "") => None,
+        (epoch, offset) => Some(Stamp {
+            epoch: parse_epoch(epoch)?,
+            offset: offset
+                .parse()
+                .ok()
+                .filter(|_| offset.bytes().all(|b| b.is_ascii_digit()))?,
+        }),
     };
+    let exclude = match exclude {
+        "" => None,
+        text => Some(ConnKey::parse(text).ok()?),
+    };
+    let push = Push::new(
+        target_from_fields(kind, key)?,
+        ByteString::from(payload.to_owned()),
+    )
+    .excluding(exclude);
     Some(Envelope {
-        push: Push::new(target, ByteString::from(payload.to_owned())),
+        push,
+        stamp,
         origin: u64::from_str_radix(origin, 16).ok()?,
         seq: seq.parse().ok()?,
         sent_micros: sent.parse().ok()?,
@@ -375,39 +462,58 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::Name;
     use proptest::prelude::*;
 
     #[test]
     fn envelopes_round_trip_any_target_name() {
+        let stamp = Some(Stamp {
+            epoch: 0xfeed,
+            offset: 12,
+        });
         for target in [
             Target::All,
             Target::Page(Name::try_from("home").unwrap()),
             Target::Uid(Name::try_from("名前:with:colons").unwrap()),
+            Target::Conn(ConnKey { node: 9, local: 1 }),
         ] {
-            let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#);
-            let back = decode(encode(&push, 0xabc, 7, 42).as_bytes()).unwrap();
+            let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#)
+                .excluding(Some(ConnKey { node: 3, local: 4 }));
+            let back = decode(encode(&push, stamp, 0xabc, 7, 42).as_bytes()).unwrap();
             assert_eq!(back.push.target, target);
             assert_eq!(back.push.payload, push.payload);
+            assert_eq!(back.push.exclude, push.exclude);
+            assert_eq!(back.stamp, stamp);
             assert_eq!((back.origin, back.seq, back.sent_micros), (0xabc, 7, 42));
         }
+        let text = encode(&Push::new(Target::All, "{}"), stamp, 1, 2, 3);
+        assert_eq!(text, "a3:1:2:000000000000feed:12::0:{}");
     }
 
     #[test]
     fn malformed_envelopes_are_refused() {
+        assert!(decode(b"a1:0:0::::0:{}").is_some(), "the well-formed base");
         for bad in [
             "",
             "é",
-            "é1:0:0:0:{}",
-            "pé:0:0:1:é{}",
-            "p1:0:0:1:é",
-            "x1:0:0:0:{}",
-            "p1:0:0:9:home{}",
-            "a1:x:0:0:{}",
-            "a1:0:x:0:{}",
-            "p1:0:0:0:{}",
-            "a1:0:0:2:ab{}",
-            "a1:0:0:0:",
-            "p1:0:0:4:home",
+            "é1:0:0::::0:{}",
+            "pé:0:0::::1:é{}",
+            "p1:0:0::::1:é",
+            "x1:0:0::::0:{}",
+            "p1:0:0::::9:home{}",
+            "a1:x:0::::0:{}",
+            "a1:0:x::::0:{}",
+            "p1:0:0::::0:{}",
+            "a1:0:0::::2:ab{}",
+            "a1:0:0::::0:",
+            "p1:0:0::::4:home",
+            "a1:0:0:000000000000feed:::0:{}",
+            "a1:0:0::5::0:{}",
+            "a1:0:0:FEED000000000000:5::0:{}",
+            "a1:0:0:000000000000feed:+5::0:{}",
+            "a1:0:0::::x:0:{}",
+            "c1:0:0::::3:1-2{}",
+            "a1:0:0:0:{}",
         ] {
             assert!(decode(bad.as_bytes()).is_none(), "{bad:?}");
         }
@@ -424,7 +530,7 @@ mod tests {
             kind: PushKind::Message,
             data: vec![
                 Value::BulkString(b"p:push".to_vec()),
-                Value::BulkString(b"a1:0:0:0:{}".to_vec()),
+                Value::BulkString(b"a1:0:0::::0:{}".to_vec()),
             ],
         };
         for _ in 0..5 {
@@ -442,6 +548,8 @@ mod tests {
             Just(Target::All),
             ".{1,40}".prop_filter_map("a name", |p| Name::try_from(p).ok().map(Target::Page)),
             ".{1,40}".prop_filter_map("a name", |u| Name::try_from(u).ok().map(Target::Uid)),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(node, local)| Target::Conn(ConnKey { node, local })),
         ]
     }
 
@@ -452,7 +560,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_any_text(text in "[apu]?[0-9:éa-z{}]{0,40}") {
+        fn decode_never_panics_on_any_text(text in "[apuc]?[0-9:.éa-z{}]{0,40}") {
             let _ = decode(text.as_bytes());
         }
 
@@ -463,11 +571,17 @@ mod tests {
             origin in any::<u64>(),
             seq in any::<u64>(),
             sent in any::<u64>(),
+            stamp in proptest::option::of((any::<u64>(), any::<u64>())),
+            exclude in proptest::option::of((any::<u64>(), any::<u64>())),
         ) {
-            let push = Push::new(target, ByteString::from(payload));
-            let back = decode(encode(&push, origin, seq, sent).as_bytes()).unwrap();
+            let stamp = stamp.map(|(epoch, offset)| Stamp { epoch, offset });
+            let exclude = exclude.map(|(node, local)| ConnKey { node, local });
+            let push = Push::new(target, ByteString::from(payload)).excluding(exclude);
+            let back = decode(encode(&push, stamp, origin, seq, sent).as_bytes()).unwrap();
             prop_assert_eq!(&back.push.target, &push.target);
             prop_assert_eq!(&back.push.payload, &push.payload);
+            prop_assert_eq!(back.push.exclude, exclude);
+            prop_assert_eq!(back.stamp, stamp);
             prop_assert_eq!((back.origin, back.seq, back.sent_micros), (origin, seq, sent));
         }
     }

@@ -6,6 +6,7 @@
 //! stream in cluster mode ([`redis`]). Either way every push gets the next offset of
 //! one total order, and a replay is all of `(since, head]` or nothing.
 
+pub mod redis;
 pub mod ring;
 
 use std::fmt::Write as _;

@@ -849,6 +849,84 @@ mod tests {
         );
     }
 
+    fn stamp(offset: u64) -> Option<Stamp> {
+        Some(Stamp { epoch: 9, offset })
+    }
+
+    #[test]
+    fn a_recovering_outbox_holds_then_keeps_only_pushes_past_its_floor() {
+        let outbox = Outbox::for_conn(1 << 20, 0, 1, true);
+        for offset in 3..=6 {
+            let frame = frame::text(&offset.to_string());
+            assert_eq!(outbox.offer_push(stamp(offset), &frame), Offer::Queued);
+        }
+        // Not recoverable: no offset, never below a floor.
+        outbox.offer_push(None, &frame::text("none"));
+        outbox.offer(&frame::text("pong"));
+        assert_eq!(
+            texts(&outbox),
+            ["pong"],
+            "pushes are held, other frames are not"
+        );
+        // The replay ended at 4: 3 and 4 were in it.
+        assert_eq!(
+            outbox.release(Stamp {
+                epoch: 9,
+                offset: 4
+            }),
+            3
+        );
+        assert_eq!(texts(&outbox), ["5", "6", "none"]);
+        // From now on the floor holds: a late echo of 4 is skipped, 7 passes, and
+        // another epoch's offsets pass.
+        assert_eq!(
+            outbox.offer_push(stamp(4), &frame::text("4")),
+            Offer::Skipped
+        );
+        assert_eq!(
+            outbox.offer_push(stamp(7), &frame::text("7")),
+            Offer::Queued
+        );
+        let other_epoch = Some(Stamp {
+            epoch: 10,
+            offset: 1,
+        });
+        assert_eq!(
+            outbox.offer_push_deferred(other_epoch, &frame::text("e")).0,
+            Offer::Queued
+        );
+        assert_eq!(
+            outbox.offer_push_deferred(stamp(2), &frame::text("2")).0,
+            Offer::Skipped
+        );
+        assert_eq!(texts(&outbox), ["7", "e"]);
+        assert_eq!(
+            outbox.queued_bytes(),
+            0,
+            "skipped and dropped frames cost nothing"
+        );
+    }
+
+    #[test]
+    fn a_hold_past_the_queue_limit_is_a_slow_consumer() {
+        let one = frame::text("0123456789");
+        let outbox = Outbox::for_conn(2 * (one.len() + FRAME_OVERHEAD), 0, 1, true);
+        assert_eq!(outbox.offer_push(stamp(1), &one), Offer::Queued);
+        assert_eq!(outbox.offer_push(stamp(2), &one), Offer::Queued);
+        assert_eq!(outbox.offer_push(stamp(3), &one), Offer::Overflowed);
+        assert_eq!(outbox.closing(), Some(4008));
+        assert_eq!(outbox.queued_bytes(), 0, "the held frames are dropped");
+        assert_eq!(
+            outbox.release(Stamp {
+                epoch: 9,
+                offset: 0
+            }),
+            0
+        );
+        let close = outbox.try_next().unwrap();
+        assert_eq!(frame::parse(&close).unwrap().1[..2], 4008u16.to_be_bytes());
+    }
+
     #[test]
     fn a_slow_consumer_keeps_only_the_frame_it_started() {
         let wire = Arc::new(Buffer::default());

@@ -57,6 +57,15 @@ impl RedisKeys {
     pub fn probe_channel(&self) -> String {
         format!("{}:node:{}:probe", self.prefix, self.node)
     }
+    /// Hash: the history's `epoch` (16 hex digits) and its newest `offset`; gone
+    /// when Redis lost its data, and then made again in a new epoch.
+    pub fn history_epoch(&self) -> String {
+        format!("{}:history:epoch", self.prefix)
+    }
+    /// Stream: the last `history.size` pushes, entry id `<offset>-0`.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.prefix)
+    }
     /// Cluster-unique id of a local connection.
     pub fn conn_id(&self, id: ConnId) -> String {
         format!("{}:{id}", self.node)

@@ -24,5 +24,6 @@ mod pages;
 mod profiles;
 mod protocol;
 mod recovery;
+mod recovery_cluster;
 mod router;
 mod workers;
