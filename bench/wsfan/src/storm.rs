@@ -26,6 +26,8 @@ pub struct StormCfg {
     pub clients: usize,
     /// URL template for the reconnects ({i} {page} {uid}); the position is appended.
     pub reconnect_url: String,
+    /// Where the reconnects go: the address of `reconnect_url`.
+    pub reconnect_server: std::net::SocketAddr,
     pub connect_concurrency: usize,
     pub reconnect_concurrency: usize,
     pub connect_deadline: Duration,
@@ -73,6 +75,7 @@ pub async fn storm(
     let (welcome_tx, mut welcome_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let reconnect_url = Arc::new(sc.reconnect_url.clone());
+    let reconnect_server = sc.reconnect_server;
     let t_release = Arc::new(std::sync::OnceLock::<Instant>::new());
 
     // ---- connect: every client keeps its welcome's position -------------------
@@ -113,7 +116,9 @@ pub async fn storm(
             );
             let outcome = {
                 let _permit = reconnect_sem.acquire().await;
-                match tokio::time::timeout(cfg.connect_timeout, connect_url(i, &cfg, url)).await {
+                match tokio::time::timeout(cfg.connect_timeout, connect_url(i, &cfg, reconnect_server, url))
+                    .await
+                {
                     Ok(Ok(ws)) => Ok(ws),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err("reconnect timeout".into()),
@@ -256,7 +261,7 @@ async fn first_connect(
     cfg: &ClientCfg,
     plan: &Plan,
 ) -> Result<(crate::clients::Ws, Position), String> {
-    let mut ws = connect_url(i, cfg, plan.render(&cfg.url_template, i)).await?;
+    let mut ws = connect_url(i, cfg, cfg.server, plan.render(&cfg.url_template, i)).await?;
     match next_text(&mut ws).await? {
         Some(text) => match envelope::parse(&text) {
             Frame::Welcome { conn, epoch, offset } => Ok((ws, Position { conn, epoch, offset })),
