@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::chrome::Tab;
-use crate::common::{API_TOKEN, CLIENT_TOKEN, Chrome, Node, Proxy, TestServer};
+use crate::common::{API_TOKEN, CLIENT_TOKEN, Chrome, Node, Proxy, RedisServer, TestServer};
 
 /// The whole flow must finish within this, or the test fails (and its drop guards
 /// kill Chromium, chromedriver and the server).
@@ -456,4 +456,98 @@ async fn recovery_flow() {
     chrome.quit().await;
     drop(proxy);
     server.stop().await;
+}
+
+/// Pushes `{"code":200,"message":text}` to page home through `node`'s JSON API.
+async fn push_home_via(node: &Node, text: &str) {
+    let reply = reqwest::Client::new()
+        .post(node.http_url("/api/push"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"page": "home", "message": {"code": 200, "message": text}}))
+        .send()
+        .await
+        .expect("push through the API");
+    assert_eq!(reply.status().as_u16(), 200, "push {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_page_comes_back_to_another_node_after_a_crash_with_what_it_missed() {
+    match tokio::time::timeout(TEST_BOUND, failover_flow()).await {
+        Ok(()) => {}
+        Err(_) => panic!("the failover flow did not finish within {TEST_BOUND:?}"),
+    }
+}
+
+/// Two nodes share a Redis; the page reaches node a through a proxy (a load
+/// balancer). Node a is SIGKILLed while the page is away, three pushes are made
+/// through node b, and the balancer sends the page's reconnect to node b, which
+/// replays them from the Redis history.
+async fn failover_flow() {
+    let redis = RedisServer::start();
+    let prefix = "browserfailover";
+    let mut a = Node::spawn("a", &redis.url(), prefix, 10, "");
+    let b = Node::spawn("b", &redis.url(), prefix, 10, "");
+    a.wait_status("ok").await;
+    b.wait_status("ok").await;
+    let balancer = Proxy::start(a.addr).await;
+    let mut chrome = Chrome::start().await;
+    let home = chrome
+        .open_tab(&format!(
+            "http://{}/home?token={CLIENT_TOKEN}",
+            balancer.addr
+        ))
+        .await;
+    wait_state(&chrome, &home, "home", "open").await;
+    chrome
+        .wait_for(
+            "/home knows its connection id",
+            "return typeof window.scenecastClient.conn === 'string';",
+            json!([]),
+        )
+        .await;
+    // Pushed through node b, delivered by node a.
+    push_home_via(&b, "before").await;
+    assert_eq!(newest_entry(&chrome, &home, "home", 1).await, "before");
+
+    balancer.cut();
+    a.kill();
+    wait_not_open(&chrome, &home, "home").await;
+    for text in ["missed 1", "missed 2", "missed 3"] {
+        push_home_via(&b, text).await;
+    }
+    balancer.redirect(b.addr);
+    balancer.reopen();
+    wait_state(&chrome, &home, "home", "open").await;
+    chrome
+        .wait_for(
+            "/home says what it recovered",
+            "var e = document.getElementById('recovered'); return !e.hidden && e.textContent;",
+            json!([]),
+        )
+        .await;
+    push_home_via(&b, "after the reconnect").await;
+    chrome
+        .wait_for(
+            "/home shows the marker pushed after the reconnect",
+            "var e = document.querySelector('#feed .entry .entry-text'); \
+             return e && e.textContent === arguments[0];",
+            json!(["after the reconnect"]),
+        )
+        .await;
+    assert_eq!(
+        entries_oldest_first(&chrome, &home).await,
+        [
+            "before",
+            "missed 1",
+            "missed 2",
+            "missed 3",
+            "after the reconnect"
+        ]
+    );
+    assert_eq!(
+        shown_text(&chrome, "recovered").await.as_deref(),
+        Some("3 missed messages recovered")
+    );
+    assert_eq!(shown_text(&chrome, "missed").await, None);
+    chrome.quit().await;
 }

@@ -7,8 +7,8 @@
 //! a browser in front of a server that itself stays up.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,8 +20,9 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct State {
+    /// Where new connections are forwarded.
+    upstream: Mutex<SocketAddr>,
     /// Connections numbered below this are frozen for good.
     frozen_below: AtomicU64,
     /// New connections are accepted and frozen at once.
@@ -40,7 +41,15 @@ impl Proxy {
     pub async fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let addr = listener.local_addr().expect("proxy address");
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            upstream: Mutex::new(upstream),
+            frozen_below: AtomicU64::new(0),
+            freeze_new: AtomicBool::new(false),
+            cut_below: AtomicU64::new(0),
+            refuse_new: AtomicBool::new(false),
+            cut: Notify::new(),
+            next: AtomicU64::new(0),
+        });
         let shared = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -57,6 +66,7 @@ impl Proxy {
                         let _held = client;
                         return std::future::pending::<()>().await;
                     }
+                    let upstream = *state.upstream.lock().expect("proxy upstream");
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
@@ -112,6 +122,11 @@ impl Proxy {
         let next = self.state.next.load(Ordering::SeqCst);
         self.state.cut_below.store(next, Ordering::SeqCst);
         self.state.cut.notify_waiters();
+    }
+
+    /// New connections go to `to` from now on (open ones stay where they are).
+    pub fn redirect(&self, to: SocketAddr) {
+        *self.state.upstream.lock().expect("proxy upstream") = to;
     }
 
     /// New connections are forwarded again after [`Proxy::cut`].
