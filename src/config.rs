@@ -126,6 +126,9 @@ pub struct IngressSettings {
 }
 
 /// The recent-push log behind recovery on reconnect and idempotent publish.
+/// Largest `history.size` (pushes kept for recovery).
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistorySettings {
@@ -464,6 +467,20 @@ impl Settings {
         }
         if self.redis.node_ttl_secs < 2 {
             return Err(invalid("redis.node_ttl_secs", "must be at least 2"));
+        }
+        // The whole history can be replayed to one reconnect, and held in memory
+        // (embedded) or in one Redis reply (cluster): keep it bounded.
+        if self.history.size > MAX_HISTORY_SIZE {
+            return Err(invalid(
+                "history.size",
+                format!("must be at most {MAX_HISTORY_SIZE} (0 turns recovery off)"),
+            ));
+        }
+        if self.history.size > 0 && self.history.ttl_secs == 0 {
+            return Err(invalid(
+                "history.ttl_secs",
+                "must be at least 1 while history.size > 0",
+            ));
         }
         if self.redis.prefix.is_empty() {
             return Err(invalid("redis.prefix", "must not be empty"));
@@ -963,6 +980,23 @@ mod tests {
         );
         let e = from_crate(config::ConfigError::NotFound("scenes[0]message".into()));
         assert_eq!(e.to_string(), "scenes[0].message: must be set");
+    }
+
+    #[test]
+    fn history_bounds_are_checked() {
+        let with = |size: usize, ttl_secs: u64| {
+            let mut s = Settings::default();
+            s.history.size = size;
+            s.history.ttl_secs = ttl_secs;
+            s.validate().map_err(|e| e.to_string())
+        };
+        assert!(with(1000, 300).is_ok());
+        assert!(with(0, 0).is_ok(), "recovery off needs no ttl");
+        assert!(with(MAX_HISTORY_SIZE, 1).is_ok());
+        let too_big = with(MAX_HISTORY_SIZE + 1, 300).unwrap_err();
+        assert!(too_big.contains("history.size"), "{too_big}");
+        let no_ttl = with(10, 0).unwrap_err();
+        assert!(no_ttl.contains("history.ttl_secs"), "{no_ttl}");
     }
 
     #[test]

@@ -183,6 +183,11 @@ impl Fanout {
         (matched, Some(stamp))
     }
 
+    /// This node's hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     /// This node's connections that `push` reaches now.
     fn matching(&self, push: &Push) -> usize {
         self.hub

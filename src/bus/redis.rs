@@ -55,6 +55,7 @@ static PUBLISH_FAILED: LogEvery = LogEvery::new(Duration::from_secs(5));
 static NOT_ALL_LISTENING: LogEvery = LogEvery::new(Duration::from_secs(10));
 static DROPPED: LogEvery = LogEvery::new(Duration::from_secs(5));
 static MALFORMED: LogEvery = LogEvery::new(Duration::from_secs(5));
+static GAP: LogEvery = LogEvery::new(Duration::from_secs(5));
 
 struct Shared {
     keys: RedisKeys,
@@ -76,6 +77,9 @@ struct Shared {
     /// accepts was not published by a node, and is refused like other garbage.
     max_payload: usize,
     history: HistorySettings,
+    /// The newest position this node has had from Redis: from the envelopes its
+    /// subscription delivered, and from history reads (see [`Shared::advance`]).
+    last: Mutex<Option<Stamp>>,
 }
 
 /// A bus latency above this (or a send time in the future) comes from another
@@ -149,6 +153,7 @@ impl RedisBus {
             dropped,
             max_payload,
             history: history.clone(),
+            last: Mutex::new(None),
         });
         let tasks = vec![
             (
@@ -273,7 +278,9 @@ impl RedisBus {
     /// welcome never pairs a new epoch with an old offset.
     pub async fn read_history(&self, since: Option<Stamp>) -> Result<Read, LinkDown> {
         let shared = &self.shared;
-        if let Some(down) = shared.commands.down() {
+        // Both links: a position read while this node's subscription is down would
+        // be followed by pushes it never receives.
+        if let Some(down) = shared.link.down().or_else(|| shared.commands.down()) {
             return Err(down);
         }
         let keys = [shared.keys.history_epoch(), shared.keys.history()];
@@ -289,10 +296,16 @@ impl RedisBus {
             reason,
         };
         match shared.commands.query::<Value>(&script).await {
-            Ok(reply) => parse_read(&reply).ok_or_else(|| {
-                shared.metrics.rejected("history_reply");
-                failed("unexpected history reply".into())
-            }),
+            Ok(reply) => {
+                let read = parse_read(&reply).ok_or_else(|| {
+                    shared.metrics.rejected("history_reply");
+                    failed("unexpected history reply".into())
+                })?;
+                if shared.read_head(read.head) {
+                    shared.resume_all(read.head);
+                }
+                Ok(read)
+            }
             Err(e) => {
                 shared.metrics.redis_errors.inc();
                 Err(failed(format!("history read failed: {e}")))
@@ -326,6 +339,61 @@ fn handoff(
 }
 
 impl Shared {
+    /// Takes the position of an envelope this node's subscription delivered; true
+    /// when pushes before it never arrived here: an offset hole in the same epoch,
+    /// or a new epoch (Redis lost the history).
+    fn advance(&self, stamp: Stamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let gap = match *last {
+            Some(l) if l.epoch == stamp.epoch => stamp.offset > l.offset.saturating_add(1),
+            Some(_) => true,
+            None => false,
+        };
+        match *last {
+            Some(l) if l.epoch == stamp.epoch && l.offset >= stamp.offset => {}
+            _ => *last = Some(stamp),
+        }
+        gap
+    }
+
+    /// Takes the head a history read found. Before any envelope, it is where the
+    /// subscription must go on from (every push up to it was published before the
+    /// read). Later reads do not move the position: a read past a hole would hide
+    /// it from the connections that missed its pushes. True when the head is in a
+    /// new epoch: Redis lost the history.
+    fn read_head(&self, head: Stamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(l) if l.epoch == head.epoch => false,
+            Some(_) => {
+                *last = Some(head);
+                true
+            }
+            None => {
+                *last = Some(head);
+                false
+            }
+        }
+    }
+
+    /// Asks this node's recover connections to reconnect: pushes before `at`
+    /// never reached it, or the history was lost.
+    fn resume_all(&self, at: Stamp) {
+        let closed = self.fanout.hub().close_recovering(
+            crate::history::RESUME_CODE,
+            "missed pushes: reconnect with your position",
+        );
+        if let Some(suppressed) = GAP.admit() {
+            log::warn!(
+                "pushes before offset {} (epoch {}) never reached this node, or the history \
+                 was lost; {closed} recover connection(s) asked to reconnect and recover \
+                 ({suppressed} similar since the last warning)",
+                at.offset,
+                epoch_text(at.epoch)
+            );
+        }
+    }
+
     fn expect_echo(&self, seq: u64) {
         let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
         if echoes.len() >= ECHOES {
@@ -362,6 +430,21 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
         }
         match decode(payload).filter(|e| e.push.payload.len() <= shared.max_payload) {
             Some(envelope) => {
+                if let Some(stamp) = envelope.stamp
+                    && shared.advance(stamp)
+                {
+                    let closed = shared.fanout.hub().close_recovering(
+                        crate::history::RESUME_CODE,
+                        "missed pushes: reconnect with your position",
+                    );
+                    if let Some(suppressed) = GAP.admit() {
+                        log::warn!(
+                            "pushes before offset {} (epoch {}) never reached this node;                              {closed} recover connection(s) asked to reconnect and recover                              ({suppressed} similar since the last warning)",
+                            stamp.offset,
+                            epoch_text(stamp.epoch)
+                        );
+                    }
+                }
                 if envelope.origin == shared.origin && shared.is_echo(envelope.seq) {
                     continue;
                 }
@@ -517,6 +600,64 @@ mod tests {
         ] {
             assert!(decode(bad.as_bytes()).is_none(), "{bad:?}");
         }
+    }
+
+    fn shared_for_tests() -> Shared {
+        let hub = crate::hub::Hub::new(1024);
+        let metrics = Metrics::new(hub.clone());
+        let fanout = crate::bus::Fanout::start(hub, metrics.clone()).0;
+        let link = Link::open("test", "redis://127.0.0.1:1/", None).unwrap();
+        let keys = RedisKeys::new("t", "n");
+        Shared {
+            channel: keys.push_channel(),
+            keys,
+            origin: 1,
+            seq: AtomicU64::new(0),
+            link: link.clone(),
+            commands: link,
+            fanout,
+            metrics,
+            echoes: Mutex::new(VecDeque::new()),
+            dropped: Arc::default(),
+            max_payload: 1024,
+            history: HistorySettings::default(),
+            last: Mutex::new(None),
+        }
+    }
+
+    #[tokio::test]
+    async fn holes_and_new_epochs_are_found_and_lagging_pushes_are_not_holes() {
+        let shared = shared_for_tests();
+        let at = |epoch, offset| Stamp { epoch, offset };
+        assert!(
+            !shared.advance(at(1, 5)),
+            "the first envelope sets the position"
+        );
+        assert!(!shared.advance(at(1, 6)));
+        assert!(shared.advance(at(1, 8)), "7 never came");
+        assert!(!shared.advance(at(1, 9)));
+        assert!(
+            shared.advance(at(2, 1)),
+            "a new epoch: the history was lost"
+        );
+        // A read's head before any envelope is where the subscription goes on from.
+        let fresh = shared_for_tests();
+        assert!(!fresh.read_head(at(3, 10)));
+        assert!(
+            !fresh.advance(at(3, 9)),
+            "published before the read, arriving late"
+        );
+        assert!(!fresh.advance(at(3, 11)));
+        assert!(
+            !fresh.read_head(at(3, 20)),
+            "later reads do not move the position..."
+        );
+        assert!(
+            fresh.advance(at(3, 21)),
+            "...so a hole behind them is still found"
+        );
+        assert!(fresh.read_head(at(4, 0)), "a read in a new epoch");
+        assert!(!fresh.advance(at(4, 1)));
     }
 
     /// Case 8 of issue 13: what Redis sends faster than the fan-out takes it is

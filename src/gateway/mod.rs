@@ -10,7 +10,8 @@
 //!
 //! Refused upgrades (JSON `{"code","message"}`, before any `101`): 401 token, 403
 //! origin, 400 query, 404 path, 429 `server.max_connections_per_ip`, 503
-//! `server.max_connections` or the server is stopping.
+//! `server.max_connections`, the server is stopping, or (`?recover=1` in cluster
+//! mode) the history cannot be read because Redis is unreachable.
 //!
 //! Close codes the server sends:
 //!
@@ -23,6 +24,8 @@
 //! |      | that is not a routable object                          |
 //! | 1009 | a message over `server.max_message_bytes`, refused at  |
 //! |      | the frame header that announces it (before its payload)|
+//! | 1012 | `?recover=1` only: this node missed pushes (or Redis   |
+//! |      | lost the history); reconnect with your position        |
 //! | 4001 | nothing arrived for `heartbeat.idle_timeout_secs`      |
 //! | 4008 | slow consumer: the send queue overflowed, or its       |
 //! |      | frames did not move for `server.send_timeout_secs`     |

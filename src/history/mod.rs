@@ -23,6 +23,14 @@ pub const OFFSET_DIGITS: usize = 20;
 /// Characters of an epoch on the wire: a `u64` as 16 lowercase hex digits.
 pub const EPOCH_DIGITS: usize = 16;
 
+/// The close code (RFC 6455 §7.4.2 "Service Restart") sent to `?recover=1`
+/// connections when their node finds that it missed pushes from Redis (offsets
+/// arrived with a hole: its subscription dropped, or its hand-off overflowed) or
+/// that Redis lost the history (a new epoch): the client reconnects at once with
+/// its position and gets the missed pushes replayed, or `recovered:false` — never
+/// a silent gap.
+pub const RESUME_CODE: u16 = 1012;
+
 /// A position in the cluster's history: which history (`epoch`, random at each
 /// start in embedded mode, and whenever Redis lost its history) and where in it
 /// (`offset`, 1 for the first push of an epoch; 0 is the epoch's start).

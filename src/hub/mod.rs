@@ -390,6 +390,26 @@ impl Hub {
         }
     }
 
+    /// Closes every `?recover=1` connection with `code` (see
+    /// [`crate::history::RESUME_CODE`]): this node missed pushes they should have
+    /// had, and they get them by reconnecting with their position. Connections
+    /// still writing their preamble are left alone: their position was read from
+    /// Redis just now. Returns how many were asked to close.
+    pub fn close_recovering(&self, code: u16, reason: &str) -> usize {
+        let close = frame::close(code, reason);
+        let state = self.read();
+        let mut closed = 0;
+        for conn in state
+            .conns
+            .values()
+            .filter(|c| c.outbox.is_recover() && !c.outbox.is_holding())
+        {
+            conn.outbox.close_with(code, close.clone());
+            closed += 1;
+        }
+        closed
+    }
+
     /// Graceful stop: no connection opens from now on ([`Hub::open`] says `None`),
     /// and every open one is asked to close with 1001.
     pub fn stop(&self) {

@@ -414,6 +414,11 @@ impl Outbox {
         self.offer_deferred_locked(state, frame)
     }
 
+    /// Whether a `?recover=1` connection is still holding (writing its preamble).
+    pub fn is_holding(&self) -> bool {
+        self.lock().recovering.as_ref().is_some_and(|r| r.holding)
+    }
+
     /// Ends the hold of a `?recover=1` connection whose welcome and replay end at
     /// `floor`: held pushes after it are queued in order, the others dropped, and
     /// from now on pushes at or below it are skipped. Returns how many held pushes
