@@ -42,7 +42,8 @@
  *   The envelopes ({"type":"welcome"|"push"|"recovered",...}) stay inside this file:
  *   onMessage and 'message' get each push's payload exactly as with `recover: false`,
  *   which is the raw protocol of the seeds' clients (frames are the payloads as is);
- *   a push at or before the last offset handed over is dropped as a duplicate. A
+ *   a push at or before the last offset handed over is dropped as a duplicate (one
+ *   without an offset, pushed while Redis was unreachable, is passed on). A
  *   server without recovery answers recover=1 with raw frames (no welcome first):
  *   they are passed on as they are.
  *
