@@ -6,6 +6,7 @@ use crate::auth::Tokens;
 use crate::bus::{Bus, Published};
 use crate::config::Settings;
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::net::ConnectionCaps;
 use crate::push::{Ingress, Push};
@@ -24,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The WebSocket connection caps (`server.max_connections[_per_ip]`).
     pub caps: ConnectionCaps,
+    /// Replies of keyed pushes (`Idempotency-Key`), in memory or in Redis.
+    pub idempotency: Idempotency,
 }
 
 impl AppState {

@@ -77,6 +77,15 @@ pub struct AuthSettings {
     pub api_tokens: Vec<String>,
     /// Accept WebSocket connects without any token (the seeds' browser code).
     pub allow_anonymous: bool,
+    /// HS256 key for signed connect tokens (JWTs in `?token=`); at least 32 bytes;
+    /// empty = off. `scenecast token` signs with it.
+    pub jwt_secret: String,
+    /// A PEM public key (RSA → RS256, EC P-256 → ES256) for signed connect tokens
+    /// minted elsewhere; empty = off.
+    pub jwt_public_key_file: String,
+    /// A uid comes only from a JWT's `sub`: `?uid=` without one gets 403 and the
+    /// first-frame uid binding is off.
+    pub require_signed_uid: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -465,6 +474,9 @@ impl Settings {
                 ),
             ));
         }
+        if self.history.idempotency_secs == 0 {
+            return Err(invalid("history.idempotency_secs", "must be at least 1"));
+        }
         if self.redis.node_ttl_secs < 2 {
             return Err(invalid("redis.node_ttl_secs", "must be at least 2"));
         }
@@ -497,6 +509,7 @@ impl Settings {
         }
         check_tokens("auth.client_tokens", &self.auth.client_tokens)?;
         check_tokens("auth.api_tokens", &self.auth.api_tokens)?;
+        self.check_jwt_keys()?;
         if self
             .auth
             .api_tokens
@@ -523,6 +536,28 @@ impl Settings {
         }
         // Scene templates are compiled (and their errors reported) by the scene table.
         crate::scenes::SceneTable::compile(&self.scene_configs())?;
+        Ok(())
+    }
+
+    /// The JWT keys are usable: a secret long enough for HS256, a key file that
+    /// reads as a public key.
+    fn check_jwt_keys(&self) -> Result<(), ConfigError> {
+        let secret = &self.auth.jwt_secret;
+        let min = crate::auth::MIN_JWT_SECRET_BYTES;
+        if !secret.is_empty() && secret.len() < min {
+            return Err(invalid(
+                "auth.jwt_secret",
+                format!(
+                    "is {} bytes, must be at least {min} (e.g. openssl rand -base64 48)",
+                    secret.len()
+                ),
+            ));
+        }
+        let file = &self.auth.jwt_public_key_file;
+        if !file.is_empty() {
+            crate::auth::load_public_key(Path::new(file))
+                .map_err(|e| invalid("auth.jwt_public_key_file", e))?;
+        }
         Ok(())
     }
 
@@ -553,6 +588,14 @@ impl Settings {
             if is_demo_token(text) && exposed(bind) {
                 return Err(demo_token("ingress.text_token", text, bind_key, bind));
             }
+        }
+        if is_demo_token(&self.auth.jwt_secret) && server {
+            return Err(demo_token(
+                "auth.jwt_secret",
+                &self.auth.jwt_secret,
+                "server.bind",
+                &self.server.bind,
+            ));
         }
         if is_demo_token(&self.ops.metrics_token) && server {
             return Err(demo_token(
@@ -997,6 +1040,16 @@ mod tests {
         assert!(too_big.contains("history.size"), "{too_big}");
         let no_ttl = with(10, 0).unwrap_err();
         assert!(no_ttl.contains("history.ttl_secs"), "{no_ttl}");
+    }
+
+    #[test]
+    fn the_idempotency_window_is_at_least_a_second() {
+        let mut s = Settings::default();
+        s.history.idempotency_secs = 0;
+        let e = s.validate().expect_err("0 is refused");
+        assert!(e.to_string().contains("history.idempotency_secs"), "{e}");
+        s.history.idempotency_secs = 1;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

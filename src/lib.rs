@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod history;
 pub mod hub;
+pub mod idempotency;
 pub mod ingress;
 pub mod metrics;
 pub mod net;

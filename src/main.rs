@@ -1,4 +1,4 @@
-//! The `scenecast` command: `serve` (the default) and `check-config`.
+//! The `scenecast` command: `serve` (the default), `check-config` and `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +28,8 @@ Logging: RUST_LOG (default info), e.g. RUST_LOG=scenecast=debug
 Examples:
   scenecast                                    serve with ./scenecast.toml
   scenecast serve --config examples/workerman.toml
-  scenecast check-config --config my.toml      print the settings in force, or the error";
+  scenecast check-config --config my.toml      print the settings in force, or the error
+  scenecast token --uid 42 --page home         print a signed connect token (JWT) for uid 42";
 
 #[derive(Parser)]
 #[command(
@@ -52,12 +53,26 @@ enum Command {
     /// Load and check the configuration, print the settings in force (secrets
     /// masked) and exit 0; or print the error and exit 2.
     CheckConfig,
+    /// Print an HS256 JWT for `?token=` that binds a uid (and limits its pages),
+    /// signed with the config's auth.jwt_secret; exit 2 when none is configured.
+    Token {
+        /// The uid the token binds (its `sub`).
+        #[arg(long, value_name = "U")]
+        uid: String,
+        /// A page the token may watch; repeat for several. None = any page.
+        #[arg(long = "page", value_name = "P")]
+        pages: Vec<String>,
+        /// Seconds the token is valid for (its `exp` is now + TTL).
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig) => check_config(cli.config),
+        Some(Command::Token { uid, pages, ttl }) => token(cli.config, &uid, &pages, ttl),
         Some(Command::Serve) | None => serve(cli.config),
     }
 }
@@ -86,6 +101,48 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `scenecast token`: the JWT on stdout, or the error on stderr and exit 2.
+fn token(file: Option<PathBuf>, uid: &str, pages: &[String], ttl: u64) -> ExitCode {
+    match mint_token(file, uid, pages, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("scenecast token: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn mint_token(
+    file: Option<PathBuf>,
+    uid: &str,
+    pages: &[String],
+    ttl: u64,
+) -> Result<String, String> {
+    use scenecast::push::Name;
+    let settings =
+        scenecast::Settings::load(file.as_deref()).map_err(|e| format!("config error: {e}"))?;
+    let secret = &settings.auth.jwt_secret;
+    if secret.is_empty() {
+        return Err(
+            "auth.jwt_secret is not set: set it in the config file (--config FILE) \
+             or as SCENECAST__AUTH__JWT_SECRET"
+                .into(),
+        );
+    }
+    if ttl == 0 {
+        return Err("--ttl must be at least 1".into());
+    }
+    let uid = Name::try_from(uid).map_err(|e| format!("--uid {e}"))?;
+    let pages = pages
+        .iter()
+        .map(|p| Name::try_from(p.as_str()).map_err(|e| format!("--page {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    scenecast::auth::mint(secret, &uid, &pages, ttl, scenecast::auth::now())
 }
 
 fn serve(file: Option<PathBuf>) -> ExitCode {

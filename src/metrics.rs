@@ -92,6 +92,8 @@ pub struct Metrics {
     /// Pushes the history holds (embedded: this node's ring; redis: the stream's
     /// length at this node's last publish).
     pub history_size: prometheus_client::metrics::gauge::Gauge,
+    /// Repeated idempotency keys answered with the first reply (nothing pushed).
+    pub idempotent_duplicates: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,6 +229,12 @@ impl Metrics {
             "Pushes held by the history for recovery",
             history_size.clone(),
         );
+        let idempotent_duplicates = Counter::default();
+        registry.register(
+            "scenecast_idempotent_duplicates",
+            "Repeated idempotency keys answered with the first reply, nothing pushed",
+            idempotent_duplicates.clone(),
+        );
         registry.register_collector(Box::new(HubCollector {
             hub: HubHandle(hub),
             pages,
@@ -245,6 +253,7 @@ impl Metrics {
             recoveries,
             replayed,
             history_size,
+            idempotent_duplicates,
         })
     }
 

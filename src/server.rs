@@ -23,6 +23,7 @@ use crate::auth::Tokens;
 use crate::bus::{Bus, Fanout, RedisBus};
 use crate::config::Settings;
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::net::ConnectionCaps;
 use crate::registry::Registry;
@@ -217,6 +218,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         crate::registry::StartError::Setup(e) => StartError::Setup(e),
         crate::registry::StartError::Refused(e) => StartError::NodeIdInUse(e),
     })?;
+    let window = Duration::from_secs(settings.history.idempotency_secs);
+    let idempotency = match &commands {
+        None => Idempotency::memory(window, metrics.clone()),
+        Some(link) => Idempotency::redis(
+            link.clone(),
+            crate::redis::RedisKeys::new(&settings.redis.prefix, &node_id),
+            window,
+            metrics.clone(),
+        ),
+    };
     let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
     critical.push(("fan-out ordering", ordering));
     let bus = match commands {
@@ -257,6 +268,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 .unwrap_or_else(crate::net::auto_max_connections),
             settings.server.max_connections_per_ip,
         ),
+        idempotency,
     });
 
     critical.push((
@@ -382,12 +394,24 @@ fn bind_error(key: &str, addr: &str, source: std::io::Error) -> StartError {
 /// nothing will work when no token is configured and anonymous access is off.
 fn log_start_notes(settings: &Settings, http_addr: SocketAddr) {
     let auth = &settings.auth;
-    if auth.client_tokens.is_empty() && auth.api_tokens.is_empty() && !auth.allow_anonymous {
+    let no_jwt = auth.jwt_secret.is_empty() && auth.jwt_public_key_file.is_empty();
+    if auth.client_tokens.is_empty()
+        && auth.api_tokens.is_empty()
+        && !auth.allow_anonymous
+        && no_jwt
+    {
         log::warn!(
             "NO TOKEN CONFIGURED: auth.client_tokens and auth.api_tokens are empty and \
              auth.allow_anonymous is false, so every WebSocket connect and every push gets 401. \
              Set SCENECAST__AUTH__CLIENT_TOKENS / SCENECAST__AUTH__API_TOKENS, or give a \
              config file with --config (see scenecast --help)"
+        );
+    }
+    if !no_jwt && !auth.require_signed_uid {
+        log::warn!(
+            "signed connect tokens are on but auth.require_signed_uid is false: a client \
+             token with ?uid= or a first frame still claims any uid unsigned; set it to true \
+             once your pages send signed tokens (README: Signed identities)"
         );
     }
     // A wildcard bind is reachable as localhost too; print a URL that opens.

@@ -87,6 +87,17 @@ impl Bus {
         }
     }
 
+    /// How many times this node found that its subscription missed pushes (or
+    /// Redis lost the history) since it started; 0 in embedded mode, where nothing
+    /// is missed. A `?recover=1` connection compares it before and after its
+    /// preamble.
+    pub fn holes(&self) -> u64 {
+        match self {
+            Bus::Embedded(..) => 0,
+            Bus::Redis(bus) => bus.holes(),
+        }
+    }
+
     /// Pushes the history holds now on this node (embedded), or as last read.
     pub fn history_len(&self) -> usize {
         match self {

@@ -45,6 +45,10 @@ use crate::redis::{Link, LinkDown, LogEvery, RedisKeys, unix_micros};
 /// Messages from Redis waiting for this node's fan-out; past this they are dropped
 /// and counted.
 pub const HANDOFF: usize = 4096;
+/// How often the history's head is read to find pushes this node's subscription
+/// never delivered (see [`watch_holes`]); a head must have arrived one period
+/// after it was read.
+const HOLE_CHECK: Duration = Duration::from_secs(2);
 /// How long `/healthz` reports dropped messages after the last drop.
 const DROP_REPORT: Duration = Duration::from_secs(30);
 /// Sequence numbers of pushes delivered here after a failed publish, kept until
@@ -80,6 +84,8 @@ struct Shared {
     /// The newest position this node has had from Redis: from the envelopes its
     /// subscription delivered, and from history reads (see [`Shared::advance`]).
     last: Mutex<Option<Stamp>>,
+    /// Holes found so far (see [`super::Bus::holes`]).
+    holes: AtomicU64,
 }
 
 /// A bus latency above this (or a send time in the future) comes from another
@@ -114,8 +120,8 @@ struct Envelope {
 }
 
 impl RedisBus {
-    /// Opens the subscription link and returns the bus with its two critical tasks
-    /// (the link's prober and the delivery task); until the first subscription,
+    /// Opens the subscription link and returns the bus with its critical tasks
+    /// (the link's prober, the delivery task, the history hole watch); until the first subscription,
     /// publishes are delivered locally. Publishes go through `commands`.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
@@ -154,6 +160,7 @@ impl RedisBus {
             max_payload,
             history: history.clone(),
             last: Mutex::new(None),
+            holes: AtomicU64::new(0),
         });
         let tasks = vec![
             (
@@ -164,8 +171,17 @@ impl RedisBus {
                 "bus delivery",
                 tokio::spawn(deliver(shared.clone(), received)),
             ),
+            (
+                "history hole watch",
+                tokio::spawn(watch_holes(shared.clone())),
+            ),
         ];
         Ok((Self { shared }, tasks))
+    }
+
+    /// See [`super::Bus::holes`].
+    pub fn holes(&self) -> u64 {
+        self.shared.holes.load(Ordering::SeqCst)
     }
 
     /// This node's fan-out, which delivers what the subscription receives.
@@ -376,9 +392,29 @@ impl Shared {
         }
     }
 
+    /// Whether the subscription is behind `head`, a head read a while ago: the
+    /// pushes up to it should have arrived by now. A new epoch counts too (Redis
+    /// lost the history while no push came). Moves the position to `head` when so,
+    /// so that one hole is reported once.
+    fn behind(&self, head: Stamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let behind = match *last {
+            Some(l) if l.epoch == head.epoch => l.offset < head.offset,
+            Some(_) => true,
+            // Nothing delivered nor read yet: no recover connection to protect.
+            None => false,
+        };
+        if behind {
+            *last = Some(head);
+        }
+        behind
+    }
+
     /// Asks this node's recover connections to reconnect: pushes before `at`
     /// never reached it, or the history was lost.
     fn resume_all(&self, at: Stamp) {
+        // First: a connection between its read and its release checks this.
+        self.holes.fetch_add(1, Ordering::SeqCst);
         let closed = self.fanout.hub().close_recovering(
             crate::history::RESUME_CODE,
             "missed pushes: reconnect with your position",
@@ -411,6 +447,41 @@ impl Shared {
                 true
             }
             None => false,
+        }
+    }
+}
+
+/// Reads the history's head every [`HOLE_CHECK`] and, one period later, checks
+/// that the subscription delivered up to it: pushes published while this node's
+/// subscription was down (and none after them) would otherwise go unnoticed until
+/// the next push, leaving its recover connections silently behind. A critical task.
+async fn watch_holes(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HOLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: Option<Stamp> = None;
+    loop {
+        tick.tick().await;
+        if !(shared.link.is_up() && shared.commands.is_up()) {
+            // Down: compare again from a head read once both are back.
+            previous = None;
+            continue;
+        }
+        if let Some(head) = previous.take()
+            && shared.behind(head)
+        {
+            shared.resume_all(head);
+        }
+        let mut read = redis::cmd("HMGET");
+        read.arg(shared.keys.history_epoch())
+            .arg("epoch")
+            .arg("offset");
+        if let Ok((Some(epoch), Some(offset))) = shared
+            .commands
+            .query::<(Option<String>, Option<u64>)>(&read)
+            .await
+            && let Some(epoch) = parse_epoch(&epoch)
+        {
+            previous = Some(Stamp { epoch, offset });
         }
     }
 }
@@ -622,6 +693,7 @@ mod tests {
             max_payload: 1024,
             history: HistorySettings::default(),
             last: Mutex::new(None),
+            holes: AtomicU64::new(0),
         }
     }
 
@@ -658,6 +730,19 @@ mod tests {
         );
         assert!(fresh.read_head(at(4, 0)), "a read in a new epoch");
         assert!(!fresh.advance(at(4, 1)));
+        // The watch: a head read a period ago must have arrived.
+        assert!(!fresh.behind(at(4, 1)));
+        assert!(fresh.behind(at(4, 3)), "2 and 3 never came");
+        assert!(!fresh.behind(at(4, 3)), "one hole is reported once");
+        assert!(!fresh.advance(at(4, 3)), "a late arrival is no hole");
+        assert!(
+            fresh.behind(at(5, 0)),
+            "Redis lost the history while no push came"
+        );
+        assert!(
+            !shared_for_tests().behind(at(1, 9)),
+            "nothing to protect yet"
+        );
     }
 
     /// Case 8 of issue 13: what Redis sends faster than the fan-out takes it is

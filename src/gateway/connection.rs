@@ -191,7 +191,11 @@ impl Connection {
     /// `recovered` frames straight to the socket (waiting for it, within
     /// `server.send_timeout_secs`) while the fan-out holds its live pushes, then
     /// releases them above the preamble's position and attaches the outbox to the
-    /// socket. False when the socket failed or the client did not read in time.
+    /// socket. If this node found a hole in what its subscription delivered
+    /// meanwhile, the held pushes are dropped and the connection closed with 1012
+    /// instead (see [`crate::hub::Hub::close_recovering`], which leaves holding
+    /// connections to this check). False when the socket failed or the client did
+    /// not read in time.
     async fn recover(&mut self, preamble: Preamble) -> bool {
         let timeout = Duration::from_secs(self.state.settings.server.send_timeout_secs);
         let written = tokio::time::timeout(timeout, write_all(&self.socket, &preamble.bytes)).await;
@@ -206,7 +210,20 @@ impl Connection {
                 return false;
             }
         }
-        self.outbox.release(preamble.floor);
+        let bus = &self.state.bus;
+        let released = self
+            .outbox
+            .release_unless(preamble.floor, || bus.holes() != preamble.holes);
+        if released.is_none() {
+            // The node missed pushes after the floor while the preamble was being
+            // written: what it held has a hole. Nothing of it is sent; the client
+            // reconnects with the preamble's position and gets the hole replayed.
+            let code = crate::history::RESUME_CODE;
+            self.outbox.close_with(
+                code,
+                frame::close(code, "missed pushes: reconnect with your position"),
+            );
+        }
         self.outbox.attach(self.socket.clone());
         true
     }
@@ -378,6 +395,19 @@ impl Connection {
             && let Some(uid) = plain_id(text)
         {
             self.uid_bound = true;
+            if self.state.settings.auth.require_signed_uid {
+                // Only a JWT's `sub` binds a uid; the frame is ignored (no answer: a
+                // Workerman-style client expects none), counted and logged.
+                self.state.metrics.rejected("unsigned_uid");
+                REFUSALS.log(
+                    log::Level::Info,
+                    format_args!(
+                        "conn {} uid frame ignored: auth.require_signed_uid",
+                        self.id
+                    ),
+                );
+                return None;
+            }
             if let Some(meta) = self.state.hub.bind_uid(self.id, uid) {
                 self.state.registry.updated(self.id, &meta);
                 log::debug!("conn {} bound uid {text:?} by first frame", self.id);

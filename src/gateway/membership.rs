@@ -83,6 +83,10 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
         tokens: Tokens::new(&settings.auth),
         scenes: SceneTable::compile(&settings.scene_configs()).unwrap(),
         caps: ConnectionCaps::new(max_connections, per_ip),
+        idempotency: crate::idempotency::Idempotency::memory(
+            std::time::Duration::from_secs(settings.history.idempotency_secs),
+            metrics.clone(),
+        ),
         settings: Arc::new(settings),
         hub,
         metrics,

@@ -8,10 +8,13 @@
 //! holds its socket, its outbox and a small task, nothing more (see the README's
 //! Performance section for what that saves).
 //!
-//! Refused upgrades (JSON `{"code","message"}`, before any `101`): 401 token, 403
-//! origin, 400 query, 404 path, 429 `server.max_connections_per_ip`, 503
-//! `server.max_connections`, the server is stopping, or (`?recover=1` in cluster
-//! mode) the history cannot be read because Redis is unreachable.
+//! Refused upgrades (JSON `{"code","message"}`, before any `101`): 401 token
+//! (missing, unknown, or a JWT that is expired or does not verify), 403 origin or
+//! what a token does not allow (another `?uid=` than its `sub`, a page outside its
+//! `pages`, an unsigned uid under `auth.require_signed_uid`), 400 query, 404 path,
+//! 429 `server.max_connections_per_ip`, 503 `server.max_connections`, the server
+//! is stopping, or (`?recover=1` in cluster mode) the history cannot be read
+//! because Redis is unreachable.
 //!
 //! Close codes the server sends:
 //!
@@ -230,18 +233,17 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
     // A repeated key counts with its last value; unknown keys are ignored.
     let query = Query::parse(request.uri().query().unwrap_or(""))
         .map_err(|e| reject("query", ApiError::bad_request(e.to_string())))?;
-    let role = match state.tokens.connect_role(query.get("token")) {
-        Ok(role) => role,
-        Err(Refusal::MissingToken) => {
-            return Err(reject("token", ApiError::unauthorized("missing token")));
-        }
-        Err(Refusal::UnknownToken) => {
-            return Err(reject("token", ApiError::unauthorized("invalid token")));
-        }
-    };
+    let refused = |refusal: Refusal| reject(refusal.reason(), auth_refusal(refusal));
+    let grant = state.tokens.connect(query.get("token")).map_err(refused)?;
+    let page = name(&query, "page").map_err(|e| reject("query", e))?;
+    let uid = name(&query, "uid").map_err(|e| reject("query", e))?;
+    // A signed `sub` binds the uid; `?uid=` may only repeat it (README "Signed identities").
+    let uid = grant
+        .bind(page.as_ref(), uid, state.settings.auth.require_signed_uid)
+        .map_err(refused)?;
     let meta = ConnMeta {
-        page: name(&query, "page").map_err(|e| reject("query", e))?,
-        uid: name(&query, "uid").map_err(|e| reject("query", e))?,
+        page,
+        uid,
         session: name(&query, "session").map_err(|e| reject("query", e))?,
         connected_at: unix_now(),
     };
@@ -249,10 +251,17 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
     let slot = admit(state, request).map_err(|cap| reject(cap.reason(), cap_refusal(cap)))?;
     Ok(Accepted {
         meta,
-        role,
+        role: grant.role,
         slot,
         recover,
     })
+}
+
+/// 401 for the token itself (missing, unknown, expired, not verifying), 403 for
+/// what a valid token does not allow (another uid, another page, an unsigned uid).
+fn auth_refusal(refusal: Refusal) -> ApiError {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    ApiError::new(status, refusal.message())
 }
 
 /// A place under the connection caps, taken last: only a connect that would

@@ -88,6 +88,9 @@ pub(super) struct Preamble {
     /// Welcome, replayed pushes, `recovered`, as one buffer of frames.
     pub bytes: Bytes,
     pub floor: Stamp,
+    /// [`crate::bus::Bus::holes`] before the read: if it moved by the time the
+    /// preamble is written, this node may have missed pushes after the floor.
+    pub holes: u64,
 }
 
 /// Reads the history (after the connection joined the hub holding) and makes the
@@ -103,6 +106,10 @@ pub(super) async fn prepare(
         Resume::After { since, .. } => Some(*since),
         Resume::Fresh | Resume::Unusable => None,
     };
+    // Before the read: a hole found while it runs must count (it may lie after
+    // the head read). A new epoch found by this very read counts too: one more
+    // reconnect, after Redis lost its data.
+    let holes = state.bus.holes();
     let read = read(state, since).await?;
     let mut bytes = BytesMut::new();
     bytes.extend_from_slice(&history::welcome_frame(conn, read.head));
@@ -141,6 +148,7 @@ pub(super) async fn prepare(
     Ok(Preamble {
         bytes: bytes.freeze(),
         floor: read.head,
+        holes,
     })
 }
 

@@ -424,10 +424,21 @@ impl Outbox {
     /// from now on pushes at or below it are skipped. Returns how many held pushes
     /// were kept.
     pub fn release(&self, floor: Stamp) -> usize {
+        self.release_unless(floor, || false).unwrap_or(0)
+    }
+
+    /// [`Outbox::release`] unless `hole()` says, under the outbox's lock, that the
+    /// node missed pushes meanwhile: then `None` and the connection stays holding
+    /// (its caller closes it). Under the lock, so that a hole found at the same
+    /// time either is seen here or finds the connection released (and closes it).
+    pub fn release_unless(&self, floor: Stamp, hole: impl FnOnce() -> bool) -> Option<usize> {
         let mut state = self.lock();
+        if hole() {
+            return None;
+        }
         let state = &mut *state;
         let Some(recovering) = &mut state.recovering else {
-            return 0;
+            return Some(0);
         };
         recovering.holding = false;
         recovering.floor = Some(floor);
@@ -443,7 +454,7 @@ impl Outbox {
         if kept > 0 {
             state.wake_writer();
         }
-        kept
+        Some(kept)
     }
 
     /// Connects the outbox to its socket; frames offered from now on are written.

@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::bus::Published;
 use crate::edge::{Query, bearer_token, strip_bom_bytes};
 use crate::error::ApiError;
+use crate::idempotency::{self, Reply};
 use crate::push::{ConnKey, Ingress, Name, Push, Target};
 use crate::scenes::Params;
 
@@ -101,7 +102,7 @@ fn parse_query(req: &HttpRequest, state: &AppState) -> Result<Query, ApiError> {
 }
 
 /// `GET /?func=NAME&token=API_TOKEN[&params]`: runs a scene.
-async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+async fn trigger(req: &HttpRequest, state: &web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // A repeated key counts with its last value, as in PHP's `$_GET`.
     let query = parse_query(req, state)?;
     let func = match query.get("func") {
@@ -114,6 +115,7 @@ async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Ap
         }
     };
     require_api_token(req, TokenFrom::HeaderOrQuery(query.get("token")), state)?;
+    let key = idempotency_key(req, None, query.get(idempotency::FIELD), state)?;
     let Some(scene) = state.scenes.get(&func) else {
         state.metrics.rejected("unknown_func");
         return Err(ApiError::not_found(format!("unknown func {func:?}"))
@@ -141,16 +143,20 @@ async fn trigger(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Ap
             "rendered message is over server.max_message_bytes",
         ));
     }
-    let published = state.publish(push, Ingress::HttpFunc).await;
-    let mut reply = json!({
-        "code": 200,
-        "message": "ok",
-        "func": func,
-        "delivered": published.delivered,
-        "cluster_wide": published.cluster_wide,
-    });
-    with_offset(&mut reply, &published, state);
-    Ok(HttpResponse::Ok().json(reply))
+    let publisher = state.clone();
+    let publish = async move {
+        let published = publisher.publish(push, Ingress::HttpFunc).await;
+        let mut reply = json!({
+            "code": 200,
+            "message": "ok",
+            "func": func,
+            "delivered": published.delivered,
+            "cluster_wide": published.cluster_wide,
+        });
+        with_offset(&mut reply, &published, &publisher);
+        Ok(Reply::ok(reply))
+    };
+    state.idempotency.once(key, publish).await
 }
 
 /// Adds the push's `"offset"` to a push reply when the history is on
@@ -164,6 +170,17 @@ fn with_offset(reply: &mut serde_json::Value, published: &Published, state: &App
             crate::history::offset_text(stamp.offset).into(),
         );
     }
+}
+
+/// The request's idempotency key (see [`idempotency::key_from`]), counted when refused.
+fn idempotency_key(
+    req: &HttpRequest,
+    body: Option<&RawValue>,
+    query: Option<&str>,
+    state: &AppState,
+) -> Result<Option<idempotency::IdempotencyKey>, ApiError> {
+    idempotency::key_from(req.headers(), body, query)
+        .inspect_err(|_| state.metrics.rejected("idempotency_key"))
 }
 
 /// Reads a request body up to `limit` bytes.
@@ -202,6 +219,9 @@ struct PushRequest<'a> {
     /// sender's, as on the text port.
     #[serde(borrow)]
     message: &'a RawValue,
+    /// Checked by [`idempotency::key_from`] (a string of visible ASCII).
+    #[serde(default, borrow)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 /// A field that is present, whatever its value: `null` becomes `Some("null")`,
@@ -250,6 +270,7 @@ async fn api_push(
         .map(|raw| conn_key(raw, "exclude"))
         .transpose()
         .inspect_err(|_| state.metrics.rejected("api_target"))?;
+    let key = idempotency_key(&req, request.idempotency_key, None, &state)?;
     let text = request.message.get();
     if text.len() > limit {
         return Err(ApiError::new(
@@ -257,20 +278,20 @@ async fn api_push(
             format!("message is over server.max_message_bytes ({limit})"),
         ));
     }
-    let published = state
-        .publish(
-            Push::new(target, ByteString::from(text.to_owned())).excluding(exclude),
-            Ingress::HttpApi,
-        )
-        .await;
-    let mut reply = json!({
-        "code": 200,
-        "message": "ok",
-        "delivered": published.delivered,
-        "cluster_wide": published.cluster_wide,
-    });
-    with_offset(&mut reply, &published, &state);
-    Ok(HttpResponse::Ok().json(reply))
+    let push = Push::new(target, ByteString::from(text.to_owned())).excluding(exclude);
+    let publisher = state.clone();
+    let publish = async move {
+        let published = publisher.publish(push, Ingress::HttpApi).await;
+        let mut reply = json!({
+            "code": 200,
+            "message": "ok",
+            "delivered": published.delivered,
+            "cluster_wide": published.cluster_wide,
+        });
+        with_offset(&mut reply, &published, &publisher);
+        Ok(Reply::ok(reply))
+    };
+    state.idempotency.once(key, publish).await
 }
 
 /// `GET /api/presence?page=P` or `?uid=U`.

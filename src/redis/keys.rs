@@ -66,6 +66,11 @@ impl RedisKeys {
     pub fn history(&self) -> String {
         format!("{}:history", self.prefix)
     }
+    /// String with TTL: the pending marker or the remembered reply of one
+    /// idempotency key, named by the key's SHA-256 in hex (never the key's text).
+    pub fn idempotency(&self, sha256_hex: &str) -> String {
+        format!("{}:idem:{sha256_hex}", self.prefix)
+    }
     /// Cluster-unique id of a local connection.
     pub fn conn_id(&self, id: ConnId) -> String {
         format!("{}:{id}", self.node)

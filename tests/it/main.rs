@@ -19,6 +19,8 @@ mod doors;
 mod edge;
 mod faults;
 mod first_hour;
+mod idempotency;
+mod identity;
 mod ingress;
 mod pages;
 mod profiles;

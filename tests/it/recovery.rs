@@ -19,10 +19,30 @@ pub struct Recovering {
 
 /// Connects `/?token&{query}&recover=1{resume}` and reads the welcome frame.
 pub async fn connect(url: &str, query: &str, resume: &str) -> Recovering {
-    let mut ws = WsClient::connect(&format!(
+    let ws = WsClient::connect(&format!(
         "{url}/?token={CLIENT_TOKEN}&{query}&recover=1{resume}"
     ))
     .await;
+    welcome(ws).await
+}
+
+/// [`connect`], retrying while the node answers 503 (its Redis links are coming
+/// back), as a client that backs off and retries does.
+pub async fn connect_when_ready(url: &str, query: &str, resume: &str) -> Recovering {
+    let url = format!("{url}/?token={CLIENT_TOKEN}&{query}&recover=1{resume}");
+    let deadline = tokio::time::Instant::now() + crate::common::WAIT;
+    loop {
+        match WsClient::try_connect(&url, None).await {
+            Ok(ws) => return welcome(ws).await,
+            Err(refused) if refused.status == 503 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(refused) => panic!("{url} refused: {refused:?}"),
+        }
+    }
+}
+
+async fn welcome(mut ws: WsClient) -> Recovering {
     let welcome = ws.recv_json().await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     let text = |field: &str| welcome[field].as_str().expect(field).to_string();
