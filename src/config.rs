@@ -31,6 +31,8 @@ pub struct Settings {
     pub ingress: IngressSettings,
     pub ops: OpsSettings,
     pub history: HistorySettings,
+    /// Pusher Channels mode (`src/pusher/apps.rs`).
+    pub pusher: crate::pusher::PusherSettings,
     /// The func handler table. `None` (no `[[scenes]]` in any layer) means the
     /// built-in defaults; a config that lists scenes replaces them entirely.
     pub scenes: Option<Vec<SceneConfig>>,
@@ -531,6 +533,9 @@ impl Settings {
             return Err(invalid("ops.metrics_pages", "page names may not be empty"));
         }
         self.refuse_demo_tokens()?;
+        let exposed = resolve_addr("", &self.server.bind)
+            .is_ok_and(|addrs| addrs.iter().any(|a| !a.ip().is_loopback()));
+        self.pusher.validate(exposed)?;
         for origin in &self.server.allowed_origins {
             check_origin(origin)?;
         }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod push;
+pub mod pusher;
 pub mod redis;
 pub mod registry;
 pub mod scenes;

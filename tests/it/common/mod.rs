@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod chrome;
+pub mod clients;
 pub mod node;
 pub mod proxy;
 pub mod redis;
