@@ -170,13 +170,17 @@ if [[ $HAVE_RECOVERY == true ]]; then
 # Ratios from the unrounded medians; the table shows them rounded to 0.01 µs.
 off=$(get recovery-off scenecast us_frame_x); on=$(get recovery-on scenecast us_frame_x)
 env=$(get recovery-envelope scenecast us_frame_x); peer=$(get recovery-on node us_frame_x)
+soff=$(get recovery-spaced-off scenecast us_frame_x); son=$(get recovery-spaced-on scenecast us_frame_x)
+senv=$(get recovery-spaced-envelope scenecast us_frame_x); speer=$(get recovery-spaced-on node us_frame_x)
 r2() { awk -v a="$1" 'BEGIN { if (a ~ /^[0-9.eE+-]+$/) printf "%.2f", a; else printf "–" }'; }
 cat <<EOF
 
 ## Recovery: what the history costs, the envelope path, and a recovery storm
 
-10,000 clients on /home, 200 HTTP pushes 5 ms apart (the \`fanout\` case), one fresh
-server per run. \`off\`: \`[history] size = 0\`; \`on\`: the default history (1000);
+10,000 clients on /home, 200 HTTP pushes 5 ms apart (the \`fanout\` case, where a
+worker that falls behind batches pushes into one write, so its CPU per frame follows how
+stretched the push phase was), then 40 pushes 250 ms apart (the \`latency\` case, one
+frame per write); one fresh server per run. \`off\`: \`[history] size = 0\`; \`on\`: the default history (1000);
 \`envelope\`: history on and every client connected with \`recover=1\` (welcome frame,
 pushes as \`{"type":"push","offset":..,"data":..}\`). Server CPU per delivered frame.
 
@@ -191,6 +195,14 @@ pushes as \`{"type":"push","offset":..,"data":..}\`). Server CPU per delivered f
 | scenecast raw (history on) / Node | $(ratio "$on" "$peer") | |
 | lost: off / on / envelope / Node (worst run) | $(get recovery-off scenecast lost) / $(get recovery-on scenecast lost) / $(get recovery-envelope scenecast lost) / $(get recovery-on node lost) | 0 |
 | latency p99 ms: off / on / envelope / Node | $(get recovery-off scenecast p99) / $(get recovery-on scenecast p99) / $(get recovery-envelope scenecast p99) / $(get recovery-on node p99) | |
+| **40 pushes 250 ms apart**: raw, history off: CPU per frame (µs) | $(r2 "$soff") | |
+| same, raw, history on (µs) | $(r2 "$son") | |
+| history on / off, raw clients | $(ratio "$son" "$soff") | ≤ 1.10 |
+| same, recover=1 clients (µs) | $(r2 "$senv") | |
+| envelope / raw (history on) | $(ratio "$senv" "$son") | ≤ 1.5 |
+| Node + ws peer (µs) | $(r2 "$speer") | |
+| lost: off / on / envelope / Node (worst run) | $(get recovery-spaced-off scenecast lost) / $(get recovery-spaced-on scenecast lost) / $(get recovery-spaced-envelope scenecast lost) / $(get recovery-spaced-on node lost) | 0 |
+| latency p50 / p99 ms: off; on; envelope; Node | $(get recovery-spaced-off scenecast p50) / $(get recovery-spaced-off scenecast p99); $(get recovery-spaced-on scenecast p50) / $(get recovery-spaced-on scenecast p99); $(get recovery-spaced-envelope scenecast p50) / $(get recovery-spaced-envelope scenecast p99); $(get recovery-spaced-on node p50) / $(get recovery-spaced-on node p99) | |
 
 ### Recovery storm
 

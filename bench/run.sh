@@ -251,6 +251,8 @@ run_cluster() {
 #    apart) with [history] size = 0 and with the default history: what keeping the
 #    history costs connections that do not use it; the Node peer runs the same case;
 #  - recovery-envelope: the same with recover=1 clients (welcome, push envelopes);
+#  - recovery-spaced-{off,on,envelope}: the same three with 40 pushes 250 ms apart (the
+#    latency case: one frame per write, no batching), Node peer included;
 #  - recovery-storm-embedded: 10k recover=1 clients drop their sockets at once, 50
 #    pushes are made while they are away, all reconnect at once with their positions;
 #  - recovery-storm-redis: the same on two nodes sharing a Redis, the clients
@@ -267,25 +269,29 @@ storm_run() { # scenario reconnect_port [wsfan args...]
 }
 run_recovery() {
   for RUN in $(seq "$RUNS"); do
-    local variant
-    for variant in off on envelope; do
-      local env=() extra=()
-      [[ $variant == off ]] && env=(SCENECAST__HISTORY__SIZE=0)
-      [[ $variant == envelope ]] && extra=(--recover)
-      start_server scenecast "${env[@]}"
-      log "recovery-$variant: scenecast, run $RUN"
-      wsfan_run "recovery-$variant" scenecast 10000 --trigger http \
-        --trigger-target "$(trigger_url scenecast pushHomeLogic)" --target page:home \
-        -m 200 --interval-ms 5 "${extra[@]}"
-      stop_server
+    local variant shape
+    for shape in "" spaced-; do
+      local push_args=(-m 200 --interval-ms 5)
+      [[ $shape == spaced- ]] && push_args=(-m 40 --interval-ms 250)
+      for variant in off on envelope; do
+        local env=() extra=()
+        [[ $variant == off ]] && env=(SCENECAST__HISTORY__SIZE=0)
+        [[ $variant == envelope ]] && extra=(--recover)
+        start_server scenecast "${env[@]}"
+        log "recovery-$shape$variant: scenecast, run $RUN"
+        wsfan_run "recovery-$shape$variant" scenecast 10000 --trigger http \
+          --trigger-target "$(trigger_url scenecast pushHomeLogic)" --target page:home \
+          "${push_args[@]}" "${extra[@]}"
+        stop_server
+      done
+      if $HAVE_NODE && [[ ${PEER:-1} != 0 ]]; then
+        start_server node
+        log "recovery-${shape}on: node, run $RUN"
+        wsfan_run "recovery-${shape}on" node 10000 --trigger http \
+          --trigger-target "$(trigger_url node pushHomeLogic)" --target page:home "${push_args[@]}"
+        stop_server
+      fi
     done
-    if $HAVE_NODE && [[ ${PEER:-1} != 0 ]]; then
-      start_server node
-      log "recovery-on: node, run $RUN"
-      wsfan_run recovery-on node 10000 --trigger http --trigger-target "$(trigger_url node pushHomeLogic)" \
-        --target page:home -m 200 --interval-ms 5
-      stop_server
-    fi
     start_server scenecast
     log "recovery-storm-embedded: run $RUN"
     storm_run recovery-storm-embedded "$HTTP_PORT"
