@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use scenecast::config::SceneConfig;
 use scenecast::edge::Query;
+use scenecast::history::Stamp;
 use scenecast::hub::{ConnMeta, Hub, Outbox, frame};
 use scenecast::ingress::json_line::route_json_line;
 use scenecast::push::{Name, Push, Target};
@@ -70,6 +71,39 @@ fn fan_out(c: &mut Criterion) {
             })
         });
     }
+    // The same 10k fan-out to `?recover=1` connections: one envelope per push,
+    // then the hold/floor gate per connection (issue 11: within 1.5x of raw).
+    let recovering = Hub::new(1 << 20);
+    let envelopes: Vec<Arc<Outbox>> = (0..CONNECTIONS)
+        .filter_map(|i| recovering.open_with(meta("home"), i % WORKERS, true))
+        .map(|(_, outbox)| outbox)
+        .collect();
+    for outbox in &envelopes {
+        outbox.release(Stamp {
+            epoch: 1,
+            offset: 0,
+        });
+    }
+    let push = Push::new(Target::All, payload);
+    let mut offset = 0;
+    group.throughput(Throughput::Elements(CONNECTIONS as u64));
+    group.bench_function("all_10k_recover", |b| {
+        b.iter_custom(|iterations| {
+            let mut measured = Duration::ZERO;
+            for _ in 0..iterations {
+                offset += 1;
+                let stamp = Some(Stamp { epoch: 1, offset });
+                let start = Instant::now();
+                let delivery = recovering.deliver_stamped(black_box(&push), stamp);
+                measured += start.elapsed();
+                assert_eq!(delivery.delivered, CONNECTIONS);
+                for outbox in &envelopes {
+                    while outbox.try_next().is_some() {}
+                }
+            }
+            measured
+        })
+    });
     // What each worker does first in the server: pick its own matching outboxes.
     let mut picked = Vec::new();
     group.throughput(Throughput::Elements(CONNECTIONS as u64));

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
 
+use crate::history::Stamp;
 use crate::push::{ConnKey, MAX_CONN_NODE, Name, Push, Target};
 
 /// Node-local connection number; unique for the life of the process.
@@ -258,8 +259,15 @@ impl Hub {
     /// serves it, from the calling thread (tests and benches; the server fans out
     /// per worker, see [`crate::bus::Fanout`]).
     pub fn deliver(&self, push: &Push) -> Delivery {
+        self.deliver_stamped(push, None)
+    }
+
+    /// [`Hub::deliver`] of a push at `stamp` in the history: raw frames to raw
+    /// connections, envelopes (made once, when the first one matches) to
+    /// `?recover=1` connections.
+    pub fn deliver_stamped(&self, push: &Push, stamp: Option<Stamp>) -> Delivery {
         let frame = frame::text(&push.payload);
-        let envelope = crate::history::push_frame(None, &push.payload);
+        let mut envelope = None;
         let exclude = self.local_id(push.exclude);
         let state = self.read();
         let mut delivery = Delivery::default();
@@ -268,7 +276,10 @@ impl Hub {
                 return;
             }
             if outbox.is_recover() {
-                delivery.count(outbox.offer_push(None, &envelope));
+                let envelope = envelope.get_or_insert_with(|| {
+                    crate::history::push_frame(stamp.map(|s| s.offset), &push.payload)
+                });
+                delivery.count(outbox.offer_push(stamp, envelope));
             } else {
                 delivery.offer(outbox, &frame);
             }
