@@ -258,6 +258,7 @@ run_cluster() {
 #  - recovery-storm-redis: the same on two nodes sharing a Redis, the clients
 #    connecting to the first and coming back to the second (history in Redis);
 #    STORM_REDIS=0 skips it. STORM_CLIENTS / STORM_MISSED change 10000 / 50.
+#  Subsets: RECOVERY_SHAPES="fanout spaced", RECOVERY_VARIANTS="off on envelope", STORM=0.
 STORM_CLIENTS=${STORM_CLIENTS:-10000}
 STORM_MISSED=${STORM_MISSED:-50}
 storm_run() { # scenario reconnect_port [wsfan args...]
@@ -270,10 +271,10 @@ storm_run() { # scenario reconnect_port [wsfan args...]
 run_recovery() {
   for RUN in $(seq "$RUNS"); do
     local variant shape
-    for shape in "" spaced-; do
+    for shape in ${RECOVERY_SHAPES:-fanout spaced}; do
       local push_args=(-m 200 --interval-ms 5)
-      [[ $shape == spaced- ]] && push_args=(-m 40 --interval-ms 250)
-      for variant in off on envelope; do
+      if [[ $shape == spaced ]]; then shape=spaced-; push_args=(-m 40 --interval-ms 250); else shape=; fi
+      for variant in ${RECOVERY_VARIANTS:-off on envelope}; do
         local env=() extra=()
         [[ $variant == off ]] && env=(SCENECAST__HISTORY__SIZE=0)
         [[ $variant == envelope ]] && extra=(--recover)
@@ -292,12 +293,13 @@ run_recovery() {
         stop_server
       fi
     done
+    [[ ${STORM:-1} == 0 ]] && continue
     start_server scenecast
     log "recovery-storm-embedded: run $RUN"
     storm_run recovery-storm-embedded "$HTTP_PORT"
     stop_server
   done
-  [[ ${STORM_REDIS:-1} == 0 ]] && { log "recovery-storm-redis: skipped (STORM_REDIS=0)"; return 0; }
+  [[ ${STORM:-1} == 0 || ${STORM_REDIS:-1} == 0 ]] && { log "recovery-storm-redis: skipped (STORM_REDIS=0)"; return 0; }
   command -v redis-server >/dev/null || { log "recovery-storm-redis: no redis-server: not available"; return 0; }
   local redis_port; redis_port=$(free_port)
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
