@@ -48,7 +48,7 @@ STORM=$(jq -s '
       gen: (map(.gen_cpu_pct_storm) | med), other: (map(.others_cpu_pct_storm) | med),
       redis: (map(. as $r | $redis["\($r.scenario):\($r.run)"]) | med)})' "$RAW")
 HAVE_RECOVERY=$(jq -s 'map(select(.scenario | startswith("recovery-"))) | length > 0' "$RAW")
-HAVE_HEADLINE=$(jq -s 'map(select(.scenario | startswith("recovery-") | not)) | length > 0' "$RAW")
+HAVE_HEADLINE=$(jq -s 'map(select(.scenario | startswith("recovery-") or startswith("pusher-") | not)) | length > 0' "$RAW")
 # Cluster cases, per mode and shape: both generators' latencies, the servers' CPU per
 # frame over all frames of both generators (one node serves both in embedded mode,
 # each generator's node in redis mode), and Redis's own CPU.
@@ -217,5 +217,61 @@ Redis; the clients first connected to the other node). Counts are the worst run.
 | case | runs | clients | recovered true / false | lost | duplicates | out of order | reconnect failures | storm s | per client p50 / p99 ms | server CPU s | server CPU % | µs per replayed frame | redis-server CPU s | wsfan CPU % | other load % |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 $(jq -r '.[] | "| \(.scenario | ltrimstr("recovery-storm-")) | \(.runs) | \(.clients) | \(.rec_true) / \(.rec_false) | \(.lost) | \(.extra) (offsets \(.dups)) | \(.ooo) | \(.failed) | \(.storm_s) | \(.p50) / \(.p99) | \(.cpu_s) | \(.cpu_pct) | \(.us_frame) | \(.redis // "–") | \(.gen) | \(.other) |"' <<<"$STORM")
+EOF
+fi
+
+# Pusher clients vs native clients (run.sh run_pusher): server "scenecast" = native
+# clients, "pusher" = wsfan --pusher clients on the same build, "node" = the Node peer.
+HAVE_PUSHER=$(jq -s 'map(select(.scenario | startswith("pusher-"))) | length > 0' "$RAW")
+if [[ $HAVE_PUSHER == true ]]; then
+# Per-client order checks and protocol errors of the Pusher clients, worst run.
+pworst() { jq -s -r --arg s "$1" --arg f "$2" \
+  'map(select(.scenario == $s and .server == "pusher") | .[$f] // 0) | max // "–"' "$RAW"; }
+perrs() { echo "$(pworst "$1" seq_dups) / $(pworst "$1" seq_gaps) / $(pworst "$1" pusher_errors) / $(pworst "$1" pusher_wrong_channel)"; }
+prow() { # label scenario field [bound]: native, Pusher, Pusher / native, bound, Node
+  local n p
+  n=$(get "$2" scenecast "$3"); p=$(get "$2" pusher "$3")
+  echo "| $1 | $n | $p | $(ratio "$p" "$n") | ${4:-} | $(get "$2" node "$3") |"
+}
+r2() { awk -v a="$1" 'BEGIN { if (a ~ /^[0-9.eE+-]+$/) printf "%.2f", a; else printf "–" }'; }
+nf=$(get pusher-fanout scenecast us_frame_x); pf=$(get pusher-fanout pusher us_frame_x)
+nl=$(get pusher-latency scenecast us_frame_x); pl=$(get pusher-latency pusher us_frame_x)
+nfj=$(get pusher-fanout scenecast-json us_frame_x); nlj=$(get pusher-latency scenecast-json us_frame_x)
+cat <<EOF
+
+## Pusher clients vs native clients (issue 14, "Same speed")
+
+10,000 clients on one server build and config per run (fresh server each): native
+\`?page=home\` clients, then Pusher clients (\`wsfan --pusher bench-key\`: \`/app/bench-key?protocol=7\`,
+\`pusher:subscribe\` to channel \`home\`, counted open at \`subscription_succeeded\`), then
+the Node peer's native clients for context. The same HTTP trigger pushes to page
+\`home\`; the bridge delivers each push to the Pusher subscribers as a
+\`scenecast.push\` event whose \`data\` is the native frame's text. Server CPU per
+delivered frame; RSS per connection after the connect phase. Medians; \`lost\` is the worst run.
+
+| figure | native | Pusher | Pusher / native | bound | Node + ws (native) |
+|---|---|---|---|---|---|
+$(prow "server RSS per idle connection (bytes)" pusher-idle rss_conn "≤ 1.5")
+| **200 HTTP pushes 5 ms apart**: server CPU per frame (µs) | $(r2 "$nf") | $(r2 "$pf") | $(ratio "$pf" "$nf") | ≤ 1.5 | $(r2 "$(get pusher-fanout node us_frame_x)") |
+$(prow "same: deliveries per second" pusher-fanout dps)
+$(prow "same: latency p50 (ms)" pusher-fanout p50)
+$(prow "same: latency p99 (ms)" pusher-fanout p99)
+$(prow "same: lost (worst run)" pusher-fanout lost)
+$(prow "same: generator CPU (% of one core)" pusher-fanout gen_cpu)
+$(prow "same: other load (% of one core)" pusher-fanout other)
+| same, native clients read with \`--seq-from json:seq\` (generator cost matched): CPU per frame (µs) | $(r2 "$nfj") | $(r2 "$pf") | $(ratio "$pf" "$nfj") | ≤ 1.5 | |
+| same, json-read native clients: generator CPU (% of one core) | $(get pusher-fanout scenecast-json gen_cpu) | $(get pusher-fanout pusher gen_cpu) | | | |
+| **40 HTTP pushes 250 ms apart**: server CPU per frame (µs) | $(r2 "$nl") | $(r2 "$pl") | $(ratio "$pl" "$nl") | ≤ 1.5 | $(r2 "$(get pusher-latency node us_frame_x)") |
+$(prow "same: latency p50 (ms)" pusher-latency p50)
+$(prow "same: latency p99 (ms)" pusher-latency p99)
+$(prow "same: lost (worst run)" pusher-latency lost)
+$(prow "same: generator CPU (% of one core)" pusher-latency gen_cpu)
+$(prow "same: other load (% of one core)" pusher-latency other)
+| same, native clients read with \`--seq-from json:seq\`: CPU per frame (µs) | $(r2 "$nlj") | $(r2 "$pl") | $(ratio "$pl" "$nlj") | ≤ 1.5 | |
+$(prow "clients open (median)" pusher-fanout clients)
+
+Pusher clients, worst run, per client: seqs repeated or out of order / seqs skipped /
+\`pusher:error\` frames / events on another channel: $(perrs pusher-fanout) (5 ms shape),
+$(perrs pusher-latency) (250 ms shape).
 EOF
 fi

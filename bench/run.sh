@@ -12,8 +12,9 @@
 #   NODE_PEER_DIR  Node + ws peer           (default bench/node-ws-peer)
 #   SCENECAST_BIN  server binary to measure (default: cargo build --release)
 #   RUNS           runs per case            (default 3)
-#   SCENARIOS      subset of: idle fanout latency small max text slow cluster recovery
+#   SCENARIOS      subset of: idle fanout latency small max text slow cluster recovery pusher
 #                  (recovery alone: OUT=bench/results/DATE-recovery.md SCENARIOS=recovery)
+#                  (pusher alone: OUT=bench/results/DATE-pusher.md SCENARIOS=pusher)
 #   PEER           0 to skip the Node peer (e.g. to measure an older scenecast build)
 #   OUT            results file             (default bench/results/$(date +%F).md)
 #
@@ -25,7 +26,7 @@ cd "$ROOT"
 WSFAN_DIR=${WSFAN_DIR:-$ROOT/bench/wsfan}
 NODE_PEER_DIR=${NODE_PEER_DIR:-$ROOT/bench/node-ws-peer}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster recovery}
+SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster recovery pusher}
 OUT=${OUT:-$ROOT/bench/results/$(date +%F).md}
 RAW=${OUT%.md}.jsonl
 WORK=$(mktemp -d)
@@ -327,6 +328,50 @@ run_recovery() {
   done
   kill "$redis_pid" 2>/dev/null || true
   reap "$redis_pid"
+}
+
+# Pusher Channels clients (issue 14, "Same speed"), per run and shape, one fresh server
+# each, in this order: 10k native clients on /home, 10k Pusher clients subscribed to
+# channel "home" (wsfan --pusher: /app/bench-key, the bridged app of bench.toml), and
+# the Node peer's 10k native clients for context. Same build, same config, same HTTP
+# trigger (the scene pushes to page home; the bridge delivers it to the Pusher
+# subscribers as an event). Shapes: idle (RSS per connection), fanout (200 pushes
+# 5 ms apart), latency (40 pushes 250 ms apart). Server "scenecast" = native clients,
+# "pusher" = Pusher clients. On the two cores the generator's own CPU per frame sets how
+# far behind the fan-out falls, hence how many pushes it writes per syscall (the 5 ms
+# shape's CPU per frame): reading a Pusher event costs wsfan about as much as a full
+# JSON parse of a native frame, so "scenecast-json" runs the native clients with
+# --seq-from json:seq, a control with the generator's cost matched.
+# PUSHER_SHAPES="idle fanout latency" picks a subset.
+run_pusher() {
+  for RUN in $(seq "$RUNS"); do
+    local shape kind
+    for shape in ${PUSHER_SHAPES:-idle fanout latency}; do
+      local args=(--trigger http --target page:home)
+      case $shape in
+        idle) args=(--trigger none --settle-ms 3000 --target page:home) ;;
+        fanout) args+=(-m 200 --interval-ms 5) ;;
+        latency) args+=(-m 40 --interval-ms 250) ;;
+      esac
+      for kind in scenecast scenecast-json pusher node; do
+        [[ $kind == node ]] && { $HAVE_NODE && [[ ${PEER:-1} != 0 ]] || continue; }
+        [[ $kind == scenecast-json && $shape == idle ]] && continue
+        local extra=() server=scenecast
+        [[ $kind == node ]] && server=node
+        [[ $kind == pusher ]] && extra=(--pusher bench-key)
+        [[ $kind == scenecast-json ]] && extra=(--seq-from json:seq)
+        start_server "$server"
+        log "pusher-$shape: $kind, run $RUN"
+        if [[ $shape == idle ]]; then
+          wsfan_run "pusher-$shape" "$kind" 10000 "${args[@]}" "${extra[@]}"
+        else
+          wsfan_run "pusher-$shape" "$kind" 10000 "${args[@]}" \
+            --trigger-target "$(trigger_url "$server" pushHomeLogic)" "${extra[@]}"
+        fi
+        stop_server
+      done
+    done
+  done
 }
 
 # ---- run --------------------------------------------------------------------------
