@@ -203,7 +203,11 @@ impl State {
     fn close_slow(&mut self) {
         if self.pusher {
             self.drop_unstarted();
-            start_closing(self, PUSHER_SLOW, frame::close(PUSHER_SLOW, "slow consumer"));
+            start_closing(
+                self,
+                PUSHER_SLOW,
+                frame::close(PUSHER_SLOW, "slow consumer"),
+            );
         } else {
             start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
         }

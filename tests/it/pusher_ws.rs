@@ -460,11 +460,15 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
         }]);
     })
     .await;
+    // The app's auth endpoint (Laravel's /broadcasting/auth), signing with the SDK.
+    let mut auth = Script::node("auth-server.js", &json!({"key": KEY, "secret": SECRET}));
+    let auth_port = auth.next_where("listening", is("listening")).await["port"].clone();
     let mut echo = Script::node(
         "echo.mjs",
-        &json!({"key": KEY, "host": "127.0.0.1", "port": port(&server), "secret": SECRET}),
+        &json!({"key": KEY, "host": "127.0.0.1", "port": port(&server),
+                "authEndpoint": format!("http://127.0.0.1:{auth_port}/broadcasting/auth")}),
     );
-    echo.next_where("connected", is("connected")).await;
+    let socket_id = echo.next_where("connected", is("connected")).await["socket_id"].clone();
     echo.send(&json!({"cmd": "channel", "channel": "orders", "event": ".order.paid"}))
         .await;
     echo.next_where("subscribed", is("subscribed")).await;
@@ -475,6 +479,11 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
 
     echo.send(&json!({"cmd": "private", "channel": "orders", "event": ".shipped"}))
         .await;
+    let asked = auth.next_where("auth request", is("auth")).await;
+    assert_eq!(
+        (asked["socket_id"].clone(), asked["channel"].clone()),
+        (socket_id, json!("private-orders"))
+    );
     // Echo names the channel as given (`orders`); this is the private one's.
     echo.next_where("private subscribed", is("subscribed"))
         .await;
@@ -487,6 +496,12 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
         })
         .await;
     assert_eq!(heard["data"], json!({"id": 5}));
+
+    // The app's endpoint refusing: Echo's .error(), nothing subscribed.
+    echo.send(&json!({"cmd": "private", "channel": "refused"}))
+        .await;
+    let refused = echo.next_where("endpoint refusal", is("error")).await;
+    assert_eq!(refused["channel"], "refused", "{refused}");
 
     // A subscription the server refuses reaches Echo's .error().
     let mut wrong = Script::node(
