@@ -21,7 +21,8 @@ pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
 use crate::history::Stamp;
 use crate::push::{ConnKey, MAX_CONN_NODE, Name, Push, Target};
 
-/// Node-local connection number; unique for the life of the process.
+/// Node-local connection number: random (see [`Hub::open_with`]), never 0, unique
+/// among the node's open connections.
 pub type ConnId = u64;
 
 /// What is known about a connection, as recorded in the registry.
@@ -103,7 +104,11 @@ struct Shared {
     /// Set by [`Hub::stop`]: no connection opens any more. Read and set under the
     /// state lock, so no open slips in after the stop closed everyone.
     stopped: AtomicBool,
+    /// Connections opened, the input of [`Shared::id_key`] when the OS's random
+    /// source fails.
     next_id: AtomicU64,
+    /// Keys the fallback connection numbers (a keyed hash of [`Shared::next_id`]).
+    id_key: std::hash::RandomState,
     /// Sockets no longer in the indexes that are still finishing their close.
     closing: AtomicUsize,
     queue_limit_bytes: usize,
@@ -151,6 +156,7 @@ impl Hub {
                 state: RwLock::new(State::default()),
                 stopped: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                id_key: std::hash::RandomState::new(),
                 closing: AtomicUsize::new(0),
                 queue_limit_bytes,
                 node: crate::redis::instance_token() % MAX_CONN_NODE + 1,
@@ -205,7 +211,12 @@ impl Hub {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return None;
         }
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = loop {
+            let id = self.fresh_id();
+            if id != 0 && !state.conns.contains_key(&id) {
+                break id;
+            }
+        };
         let outbox = Arc::new(Outbox::for_conn(
             self.shared.queue_limit_bytes,
             worker,
@@ -226,6 +237,18 @@ impl Hub {
             },
         );
         Some((id, outbox))
+    }
+
+    /// A connection number nobody can derive from other connections' ids: 64 bits
+    /// from the OS's random source (a keyed hash of a counter should that fail).
+    /// A connection id (`"{node}.{local}"`) is what proves a reconnect is the
+    /// connection it names with `prev` (its `conn` pushes are replayed to it), and
+    /// what a back office names in `conn` / `exclude`: with a counter, a visitor's
+    /// own welcome told it its neighbours' ids, and `prev` replayed their pushes.
+    fn fresh_id(&self) -> ConnId {
+        use std::hash::BuildHasher;
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        getrandom::u64().unwrap_or_else(|_| self.shared.id_key.hash_one(n))
     }
 
     /// Binds `uid` to a connection that has none yet; returns the updated metadata,
