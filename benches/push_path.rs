@@ -130,6 +130,7 @@ fn framing(c: &mut Criterion) {
 
 fn scene_rendering(c: &mut Criterion) {
     let configs = [SceneConfig {
+        event: None,
         func: "pushHomeLogic".into(),
         page: Some("{page}".into()),
         uid: None,

@@ -27,12 +27,20 @@ pub struct AppState {
     pub caps: ConnectionCaps,
     /// Replies of keyed pushes (`Idempotency-Key`), in memory or in Redis.
     pub idempotency: Idempotency,
+    /// Pusher channel state: subscriptions, presence members, cache channels.
+    pub channels: crate::pusher::ChannelState,
+    /// Pusher events onto the bus (gateway, HTTP API, member events).
+    pub pusher: crate::pusher::Publisher,
 }
 
 impl AppState {
     /// The one entry to the push path for every ingress.
     pub async fn publish(&self, push: Push, ingress: Ingress) -> Published {
         self.metrics.push_received(ingress);
+        if let crate::push::Target::Page(page) = &push.target {
+            self.pusher
+                .cache_native(page, push.event_name(), &push.payload);
+        }
         let published = self.bus.publish(push).await;
         log::debug!(
             "{} push delivered to {}",

@@ -191,6 +191,10 @@ pub enum WsPublish {
 #[serde(deny_unknown_fields)]
 pub struct SceneConfig {
     pub func: String,
+    /// The Pusher event name the push carries to Pusher subscribers of its page
+    /// (default `scenecast.push`; Echo listens with `.listen('.name')`).
+    #[serde(default)]
+    pub event: Option<String>,
     #[serde(default)]
     pub page: Option<String>,
     #[serde(default)]
@@ -720,6 +724,7 @@ fn demo_token(key: &str, token: &str, bind_key: &str, bind: &str) -> ConfigError
 pub fn default_scenes() -> Vec<SceneConfig> {
     vec![
         SceneConfig {
+            event: None,
             func: "pushHomeLogic".into(),
             page: Some("home".into()),
             uid: None,
@@ -727,6 +732,7 @@ pub fn default_scenes() -> Vec<SceneConfig> {
             message: serde_json::json!({"code": 200, "message": "后端按了按钮1"}),
         },
         SceneConfig {
+            event: None,
             func: "pushListLogic".into(),
             page: Some("list".into()),
             uid: None,

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub history_size: prometheus_client::metrics::gauge::Gauge,
     /// Repeated idempotency keys answered with the first reply (nothing pushed).
     pub idempotent_duplicates: Counter,
+    /// The Pusher channel state's gauges and counters, once it is set.
+    pub pusher_state: crate::pusher::state::StateCollector,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -235,6 +237,8 @@ impl Metrics {
             "Repeated idempotency keys answered with the first reply, nothing pushed",
             idempotent_duplicates.clone(),
         );
+        let pusher_state = crate::pusher::state::StateCollector::default();
+        registry.register_collector(Box::new(pusher_state.clone()));
         registry.register_collector(Box::new(HubCollector {
             hub: HubHandle(hub),
             pages,
@@ -254,6 +258,7 @@ impl Metrics {
             replayed,
             history_size,
             idempotent_duplicates,
+            pusher_state,
         })
     }
 
@@ -323,6 +328,7 @@ mod tests {
         let mut settings = Settings::default();
         settings.ops.metrics_pages = vec!["promo".into(), OTHER_PAGES.into()];
         settings.scenes = Some(vec![crate::config::SceneConfig {
+            event: None,
             func: "f".into(),
             page: Some("{page}".into()),
             uid: None,

@@ -286,7 +286,15 @@ pub enum Target {
     /// One connection, by the id its welcome frame gave (`conn`); only the node
     /// whose number is the id's first part delivers it.
     Conn(ConnKey),
+    /// Pusher channel `.1` of the non-bridged Pusher app whose `id` is `.0`
+    /// (the bridged app's channels are [`Target::Page`]: one namespace with the
+    /// native pages). Every valid channel name is a [`Name`].
+    Channel(AppSlot, Name),
 }
+
+/// A Pusher app, by its `id` (`[[pusher.apps]] id`, checked at start to be
+/// 1..=128 bytes of `[A-Za-z0-9._-]`, hence a [`Name`]).
+pub type AppSlot = Name;
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -295,6 +303,7 @@ impl fmt::Display for Target {
             Target::Page(page) => write!(f, "page {page:?}"),
             Target::Uid(uid) => write!(f, "uid {uid:?}"),
             Target::Conn(conn) => write!(f, "conn {conn}"),
+            Target::Channel(app, channel) => write!(f, "app {app:?} channel {channel:?}"),
         }
     }
 }
@@ -307,6 +316,8 @@ pub enum Ingress {
     Text,
     Udp,
     Publisher,
+    /// The Pusher HTTP API (`POST /apps/{id}/events`, `batch_events`): one per channel.
+    PusherApi,
 }
 
 impl Ingress {
@@ -317,6 +328,7 @@ impl Ingress {
             Ingress::Text => "text",
             Ingress::Udp => "udp",
             Ingress::Publisher => "ws_publisher",
+            Ingress::PusherApi => "pusher_api",
         }
     }
 }
@@ -331,6 +343,94 @@ pub struct Push {
     /// A connection that does not get this push although it matches the target
     /// (`"exclude"`, Laravel's `toOthers()`).
     pub exclude: Option<ConnKey>,
+    /// The Pusher event name Pusher subscribers see (`{"event":…}`); `None` is
+    /// [`DEFAULT_EVENT`]. Native connections never see it: they get `payload`.
+    pub event: Option<EventName>,
+    /// The `user_id` a presence client event carries (pusher-js `members`); `None`
+    /// for every other push.
+    pub user_id: Option<Name>,
+}
+
+/// The event name of a push that names none (scenes without `event`, native doors).
+pub const DEFAULT_EVENT: &str = "scenecast.push";
+
+/// Longest event name, in bytes (Pusher's documented limit).
+pub const MAX_EVENT_BYTES: usize = 200;
+
+/// A Pusher event name: 1..=[`MAX_EVENT_BYTES`] bytes of UTF-8 without control
+/// characters. Clones share one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventName(Arc<str>);
+
+/// Why a text is not an [`EventName`]; the text is the error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventNameError {
+    #[error("event name must not be empty")]
+    Empty,
+    #[error("event name must be at most {MAX_EVENT_BYTES} bytes")]
+    TooLong,
+    #[error("event name must not contain control characters")]
+    Control,
+}
+
+impl EventName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// [`DEFAULT_EVENT`].
+    pub fn default_event() -> Self {
+        Self(Arc::from(DEFAULT_EVENT))
+    }
+}
+
+impl TryFrom<&str> for EventName {
+    type Error = EventNameError;
+
+    fn try_from(text: &str) -> Result<Self, EventNameError> {
+        if text.is_empty() {
+            Err(EventNameError::Empty)
+        } else if text.len() > MAX_EVENT_BYTES {
+            Err(EventNameError::TooLong)
+        } else if text.chars().any(char::is_control) {
+            Err(EventNameError::Control)
+        } else {
+            Ok(Self(Arc::from(text)))
+        }
+    }
+}
+
+impl Deref for EventName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for EventName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        EventName::try_from(&*text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Push {
@@ -339,7 +439,20 @@ impl Push {
             target,
             payload: payload.into(),
             exclude: None,
+            event: None,
+            user_id: None,
         }
+    }
+
+    /// The same push, with Pusher event name `event`.
+    pub fn with_event(mut self, event: Option<EventName>) -> Self {
+        self.event = event;
+        self
+    }
+
+    /// The event name Pusher subscribers see.
+    pub fn event_name(&self) -> &str {
+        self.event.as_deref().unwrap_or(DEFAULT_EVENT)
     }
 
     /// The same push, skipping connection `exclude`.

@@ -159,6 +159,8 @@ enum TargetTemplate {
 pub struct Scene {
     pub func: String,
     target: TargetTemplate,
+    /// The Pusher event name (`event`), checked at start.
+    event: Option<crate::push::EventName>,
     message: Template,
 }
 
@@ -217,7 +219,7 @@ impl Scene {
         let mut payload = String::with_capacity(128);
         self.message
             .render(params, &mut payload, json_escape_into)?;
-        Ok(Push::new(target, payload))
+        Ok(Push::new(target, payload).with_event(self.event.clone()))
     }
 }
 
@@ -297,6 +299,12 @@ impl SceneTable {
                     ));
                 }
             };
+            let event = config
+                .event
+                .as_deref()
+                .map(crate::push::EventName::try_from)
+                .transpose()
+                .map_err(|e| invalid("event", e.to_string()))?;
             let mut pieces = Vec::new();
             compile_message(&config.message, &mut pieces);
             let message = Template {
@@ -322,6 +330,7 @@ impl SceneTable {
             table.scenes.push(Scene {
                 func: config.func.clone(),
                 target,
+                event,
                 message,
             });
         }
@@ -376,6 +385,7 @@ mod tests {
         message: serde_json::Value,
     ) -> SceneConfig {
         SceneConfig {
+            event: None,
             func: "f".into(),
             page: page.map(Into::into),
             uid: uid.map(Into::into),

@@ -228,6 +228,18 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             metrics.clone(),
         ),
     };
+    let (channels, tasks) = crate::pusher::state::start(
+        &settings.pusher,
+        commands.clone().map(|link| {
+            (
+                link,
+                crate::redis::RedisKeys::new(&settings.redis.prefix, &node_id),
+                Duration::from_secs(settings.redis.node_ttl_secs),
+            )
+        }),
+    )
+    .map_err(|e| StartError::Setup(format!("pusher webhooks: {e}")))?;
+    critical.extend(tasks);
     let (fanout, ordering) = Fanout::start(hub.clone(), metrics.clone());
     critical.push(("fan-out ordering", ordering));
     let bus = match commands {
@@ -252,6 +264,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             Bus::Redis(bus)
         }
     };
+    metrics.pusher_state.watch(channels.clone());
+    // Also the channel state's member sink: presence joins and leaves go out
+    // through the bus.
+    let pusher = crate::pusher::Publisher::new(bus.clone(), &settings.pusher, channels.clone());
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         node_id: Arc::from(node_id.as_str()),
@@ -269,6 +285,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             settings.server.max_connections_per_ip,
         ),
         idempotency,
+        channels,
+        pusher,
     });
 
     critical.push((
@@ -297,6 +315,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             let app = App::new()
                 .app_data(app_state.clone())
                 .configure(ingress::http::routes)
+                .configure(crate::pusher::api::routes)
                 .configure(ops::routes)
                 .configure(crate::web::routes)
                 .default_service(web::to(ops::not_found));
@@ -479,6 +498,7 @@ impl Running {
         while !state.hub.is_drained() && tokio::time::Instant::now() < answered {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        state.channels.shutdown().await;
         state.registry.shutdown().await;
         self.critical.abort_all();
         self.handle.stop(true).await;

@@ -64,7 +64,8 @@
     $('page-total').textContent = String(stats.pages.length);
     $('nodes').textContent = String(stats.nodes);
     $('scope').textContent = stats.cluster_wide ? 'cluster-wide' : 'this node only';
-    $('node').textContent = 'node ' + stats.node + ' · ' + stats.node_connections + ' local';
+    $('node').textContent = 'node ' + stats.node + ' · ' + stats.node_connections + ' local' +
+      (stats.node_pusher_connections ? ' (' + stats.node_pusher_connections + ' Pusher)' : '');
 
     var pages = stats.pages.slice().sort(function (a, b) {
       return b.connections - a.connections || String(a.page).localeCompare(String(b.page));

@@ -60,6 +60,11 @@ struct Job {
     /// The envelope frame for `?recover=1` connections, made by the first worker
     /// that has one to write to: once per push, and never when none matches.
     envelope: OnceLock<Bytes>,
+    /// The Pusher channel event, made likewise (`None`: Pusher connections do
+    /// not take this push).
+    pusher: OnceLock<Option<Bytes>>,
+    /// What the Pusher frame is made of (event name, user id), kept with the push.
+    push: Push,
 }
 
 impl Job {
@@ -68,9 +73,18 @@ impl Job {
             .get_or_init(|| push_frame(self.stamp.map(|s| s.offset), &self.payload))
     }
 
+    fn pusher(&self) -> Option<&Bytes> {
+        self.pusher
+            .get_or_init(|| crate::hub::pusher_frame(&self.push))
+            .as_ref()
+    }
+
     /// Offers the push to `outbox` in the form it takes.
     fn offer(&self, outbox: &Outbox) -> crate::hub::Offer {
-        if outbox.is_recover() {
+        if outbox.is_pusher() {
+            self.pusher()
+                .map_or(crate::hub::Offer::Skipped, |frame| outbox.offer(frame))
+        } else if outbox.is_recover() {
             outbox.offer_push(self.stamp, self.envelope())
         } else {
             outbox.offer(&self.frame)
@@ -79,7 +93,12 @@ impl Job {
 
     /// [`Job::offer`] for a batch (see [`Outbox::offer_deferred`]).
     fn offer_deferred(&self, outbox: &Outbox) -> (crate::hub::Offer, bool) {
-        if outbox.is_recover() {
+        if outbox.is_pusher() {
+            self.pusher()
+                .map_or((crate::hub::Offer::Skipped, false), |frame| {
+                    outbox.offer_deferred(frame)
+                })
+        } else if outbox.is_recover() {
             outbox.offer_push_deferred(self.stamp, self.envelope())
         } else {
             outbox.offer_deferred(&self.frame)
@@ -120,10 +139,12 @@ impl Fanout {
                 let job = Arc::new(Job {
                     frame: frame::text(&push.payload),
                     exclude: local.local_id(push.exclude),
-                    target: push.target,
+                    target: push.target.clone(),
                     stamp,
-                    payload: push.payload,
+                    payload: push.payload.clone(),
                     envelope: OnceLock::new(),
+                    pusher: OnceLock::new(),
+                    push,
                 });
                 let queues = lock(&targets).clone();
                 for queue in queues {

@@ -71,6 +71,23 @@ impl Bus {
         }
     }
 
+    /// Closes the Pusher connections of app `app` signed in as `uid` on every
+    /// node (`POST /apps/{id}/users/{uid}/terminate_connections`); false when
+    /// Redis did not take the message (this node's are closed anyway).
+    pub async fn terminate_user(
+        &self,
+        app: &crate::push::AppSlot,
+        uid: &crate::push::Name,
+    ) -> bool {
+        match self {
+            Bus::Embedded(fanout, _) => {
+                redis::terminate_here(fanout, app, uid);
+                true
+            }
+            Bus::Redis(bus) => bus.terminate_user(app, uid).await,
+        }
+    }
+
     /// The cluster's newest position and, with `since` (a position a reconnecting
     /// client gave), every push after it when the history still holds them all
     /// and `since` is in the current epoch (see [`Read`]). Read after the

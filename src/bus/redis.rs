@@ -38,7 +38,7 @@ use crate::config::{HistorySettings, RedisSettings};
 use crate::history::redis::{PUBLISH, READ, eval, parse_read, target_fields, target_from_fields};
 use crate::history::{Read, Stamp, epoch_text, new_epoch, parse_epoch};
 use crate::metrics::Metrics;
-use crate::push::{ConnKey, Push, Target};
+use crate::push::{ConnKey, Name, Push, Target};
 use crate::redis::link::Subscription;
 use crate::redis::{Link, LinkDown, LogEvery, RedisKeys, unix_micros};
 
@@ -92,11 +92,13 @@ struct Shared {
 /// host's clock or a forged envelope; it is not put in the histogram.
 const MAX_PLAUSIBLE_LATENCY_MICROS: u64 = 3_600_000_000;
 
-/// Messages the hand-off dropped, and when the last one was.
+/// Messages the hand-off dropped, and when the last one was; and how many wait in
+/// it now.
 #[derive(Default)]
 struct Dropped {
     total: AtomicU64,
     last_micros: AtomicU64,
+    queued: AtomicU64,
 }
 
 /// A task the node cannot work without, by name (see `server`'s supervisor).
@@ -229,6 +231,8 @@ impl RedisBus {
                 // The registry does not index connections by their cluster-wide id:
                 // at most one matches.
                 Target::Conn(_) => ("one", shared.keys.conns()),
+                // Counted by the Pusher channel state, not the registry.
+                Target::Channel(..) => ("none", shared.keys.conns()),
             };
             let keys = [
                 shared.keys.history_epoch(),
@@ -247,7 +251,9 @@ impl RedisBus {
                 .arg(key)
                 .arg(push.exclude.map(|c| c.to_string()).unwrap_or_default())
                 .arg(&*push.payload)
-                .arg(&shared.channel);
+                .arg(&shared.channel)
+                .arg(push.event.as_deref().unwrap_or_default())
+                .arg(push.user_id.as_deref().unwrap_or_default());
             shared.floor_args(&mut script);
             let published = shared
                 .commands
@@ -288,6 +294,21 @@ impl RedisBus {
             cluster_wide: false,
             stamp: None,
         }
+    }
+
+    /// Asks every node to close the Pusher connections of `app` signed in as
+    /// `uid` (see [`super::Bus::terminate_user`]): a `t{app}:{uid}` message on the
+    /// bus channel, outside the history. This node closes its own at once (the
+    /// message may not come back while the subscription is down). Returns false
+    /// when Redis did not take it.
+    pub async fn terminate_user(&self, app: &Name, uid: &Name) -> bool {
+        let shared = &self.shared;
+        terminate_here(&shared.fanout, app, uid);
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(&shared.channel)
+            .arg(format!("{TERMINATE}{app}:{uid}"));
+        shared.commands.query::<i64>(&publish).await.is_ok()
     }
 
     /// See [`super::Bus::read_history`]: one script call reads the epoch, the
@@ -341,7 +362,13 @@ fn handoff(
 ) -> (crate::redis::link::PushHandler, mpsc::Receiver<PushInfo>) {
     let (queue, received) = mpsc::channel::<PushInfo>(capacity);
     let handler = move |info: PushInfo| {
-        if info.kind == PushKind::Message && queue.try_send(info).is_err() {
+        if info.kind != PushKind::Message {
+            return;
+        }
+        // Counted before it can be taken, so the count never goes below zero.
+        dropped.queued.fetch_add(1, Ordering::Relaxed);
+        if queue.try_send(info).is_err() {
+            dropped.queued.fetch_sub(1, Ordering::Relaxed);
             dropped.total.fetch_add(1, Ordering::Relaxed);
             dropped.last_micros.store(unix_micros(), Ordering::Relaxed);
             metrics.bus_dropped.inc();
@@ -472,7 +499,8 @@ impl Shared {
 }
 
 /// Reads the history's head every [`HOLE_CHECK`] and, one period later, checks
-/// that the subscription delivered up to it: pushes published while this node's
+/// that the subscription delivered up to it (skipped while messages wait in the
+/// hand-off: a node that is behind is not missing anything yet): pushes published while this node's
 /// subscription was down (and none after them) would otherwise go unnoticed until
 /// the next push, leaving its recover connections silently behind. A critical task.
 async fn watch_holes(shared: Arc<Shared>) {
@@ -481,8 +509,11 @@ async fn watch_holes(shared: Arc<Shared>) {
     let mut previous: Option<Stamp> = None;
     loop {
         tick.tick().await;
-        if !(shared.link.is_up() && shared.commands.is_up()) {
-            // Down: compare again from a head read once both are back.
+        let behind_here = shared.dropped.queued.load(Ordering::Relaxed) > 0;
+        if !(shared.link.is_up() && shared.commands.is_up()) || behind_here {
+            // Down: compare again from a head read once both are back. Messages
+            // waiting in the hand-off: this node is slow, not holed (a hole shows
+            // as an offset gap when they are taken).
             previous = None;
             continue;
         }
@@ -522,6 +553,7 @@ async fn watch_holes(shared: Arc<Shared>) {
 /// this node's fan-out. A critical task.
 async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
     while let Some(info) = received.recv().await {
+        shared.dropped.queued.fetch_sub(1, Ordering::Relaxed);
         // A `message` push is [channel, payload]; anything else is not ours.
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
             (info.data.first(), info.data.get(1))
@@ -530,6 +562,21 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
         };
         if channel.as_slice() != shared.channel.as_bytes() {
             continue; // the probe channel
+        }
+        if let Some(rest) = payload.strip_prefix(TERMINATE.as_bytes()) {
+            // `t{app}:{uid}`; the origin closed its own already, and closing twice
+            // is harmless.
+            let parsed = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|text| text.split_once(':'))
+                .and_then(|(app, uid)| {
+                    Some((Name::try_from(app).ok()?, Name::try_from(uid).ok()?))
+                });
+            match parsed {
+                Some((app, uid)) => terminate_here(&shared.fanout, &app, &uid),
+                None => shared.metrics.rejected("bus_message"),
+            }
+            continue;
         }
         match decode(payload).filter(|e| e.push.payload.len() <= shared.max_payload) {
             Some(envelope) => {
@@ -574,8 +621,10 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
 }
 
 /// Wire format on the channel:
-/// `{kind}{sent_micros}:{origin:x}:{seq}:{epoch}:{offset}:{exclude}:{key_len}:{key}{payload}`
-/// with kind `a` (all), `p` (page), `u` (uid) or `c` (conn); `origin` tells this
+/// `{kind}{sent_micros}:{origin:x}:{seq}:{epoch}:{offset}:{exclude}:{key_len}:{key}{event_len}:{event}{user_len}:{user_id}{payload}`
+/// with kind `a` (all), `p` (page), `u` (uid), `c` (conn) or `h` (a Pusher
+/// channel of a non-bridged app, key `{app}:{channel}`); `event` the Pusher event
+/// name and `user_id` a presence client event's user, each empty for none; `origin` tells this
 /// process's envelopes from others', `seq` numbers them; `epoch` (16 hex digits)
 /// and `offset` (decimal) are the push's place in the history, written by the
 /// publish script; `exclude` a connection id or empty. Length-prefixed so that page
@@ -596,7 +645,14 @@ fn encode_parts(push: &Push, origin: u64, seq: u64, sent_micros: u64) -> (String
     let (kind, key) = target_fields(&push.target);
     let head = format!("{kind}{sent_micros}:{origin:x}:{seq}:");
     let exclude = push.exclude.map(|c| c.to_string()).unwrap_or_default();
-    let tail = format!("{exclude}:{}:{key}", key.len());
+    let event = push.event.as_deref().unwrap_or_default();
+    let user = push.user_id.as_deref().unwrap_or_default();
+    let tail = format!(
+        "{exclude}:{}:{key}{}:{event}{}:{user}",
+        key.len(),
+        event.len(),
+        user.len()
+    );
     (head, tail)
 }
 
@@ -613,7 +669,9 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
     let (exclude, rest) = rest.split_once(':')?;
     let (key_len, rest) = rest.split_once(':')?;
     let key_len: usize = key_len.parse().ok()?;
-    let (key, payload) = rest.split_at_checked(key_len)?;
+    let (key, rest) = rest.split_at_checked(key_len)?;
+    let (event, rest) = counted(rest)?;
+    let (user_id, payload) = counted(rest)?;
     if payload.is_empty() {
         return None; // no ingress publishes an empty frame
     }
@@ -635,7 +693,14 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
         target_from_fields(kind, key)?,
         ByteString::from(payload.to_owned()),
     )
-    .excluding(exclude);
+    .excluding(exclude)
+    .with_event(crate::history::redis::optional(event, |e| {
+        crate::push::EventName::try_from(e).ok()
+    })?);
+    let push = Push {
+        user_id: crate::history::redis::optional(user_id, |u| Name::try_from(u).ok())?,
+        ..push
+    };
     Some(Envelope {
         push,
         stamp,
@@ -645,10 +710,34 @@ fn decode(bytes: &[u8]) -> Option<Envelope> {
     })
 }
 
+/// The first byte of a `terminate_connections` message on the bus channel (no
+/// push envelope starts with it: their kinds are `a`, `p`, `u`, `c`, `h`).
+const TERMINATE: &str = "t";
+
+/// Closes this node's Pusher connections of `app` signed in as `uid` with 4009
+/// (Pusher's code for `terminate_connections`).
+pub(super) fn terminate_here(fanout: &Fanout, app: &Name, uid: &Name) {
+    let code = crate::pusher::PusherCode::Unauthorized;
+    fanout.hub().terminate_user(
+        app,
+        uid,
+        code.code(),
+        "Connections terminated by the server",
+    );
+}
+
+/// `{len}:{text}` at the start of `rest`: the text and what follows it.
+fn counted(rest: &str) -> Option<(&str, &str)> {
+    let (len, rest) = rest.split_once(':')?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.split_at_checked(len.parse().ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::Name;
     use proptest::prelude::*;
 
     #[test]
@@ -662,23 +751,36 @@ mod tests {
             Target::Page(Name::try_from("home").unwrap()),
             Target::Uid(Name::try_from("名前:with:colons").unwrap()),
             Target::Conn(ConnKey { node: 9, local: 1 }),
+            Target::Channel(
+                Name::try_from("app-1").unwrap(),
+                Name::try_from("private-x:y").unwrap(),
+            ),
         ] {
-            let push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#)
-                .excluding(Some(ConnKey { node: 3, local: 4 }));
+            let mut push = Push::new(target.clone(), r#"{"code":200,"message":"hi"}"#)
+                .excluding(Some(ConnKey { node: 3, local: 4 }))
+                .with_event(Some(
+                    crate::push::EventName::try_from("client-é:1").unwrap(),
+                ));
+            push.user_id = Some(Name::try_from("u:7").unwrap());
             let back = decode(encode(&push, stamp, 0xabc, 7, 42).as_bytes()).unwrap();
             assert_eq!(back.push.target, target);
             assert_eq!(back.push.payload, push.payload);
             assert_eq!(back.push.exclude, push.exclude);
+            assert_eq!(back.push.event, push.event);
+            assert_eq!(back.push.user_id, push.user_id);
             assert_eq!(back.stamp, stamp);
             assert_eq!((back.origin, back.seq, back.sent_micros), (0xabc, 7, 42));
         }
         let text = encode(&Push::new(Target::All, "{}"), stamp, 1, 2, 3);
-        assert_eq!(text, "a3:1:2:000000000000feed:12::0:{}");
+        assert_eq!(text, "a3:1:2:000000000000feed:12::0:0:0:{}");
     }
 
     #[test]
     fn malformed_envelopes_are_refused() {
-        assert!(decode(b"a1:0:0::::0:{}").is_some(), "the well-formed base");
+        assert!(
+            decode(b"a1:0:0::::0:0:0:{}").is_some(),
+            "the well-formed base"
+        );
         for bad in [
             "",
             "é",
@@ -700,6 +802,12 @@ mod tests {
             "a1:0:0::::x:0:{}",
             "c1:0:0::::3:1-2{}",
             "a1:0:0:0:{}",
+            "a1:0:0::::0:{}",
+            "a1:0:0::::0:0:{}",
+            "a1:0:0::::0:1:\u{7}0:{}",
+            "a1:0:0::::0:0:9:x{}",
+            "h1:0:0::::4:app:0:0:{}",
+            "h1:0:0::::3:app0:0:{}",
         ] {
             assert!(decode(bad.as_bytes()).is_none(), "{bad:?}");
         }
@@ -808,6 +916,10 @@ mod tests {
             ".{1,40}".prop_filter_map("a name", |u| Name::try_from(u).ok().map(Target::Uid)),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(node, local)| Target::Conn(ConnKey { node, local })),
+            ("[a-z0-9._-]{1,10}", "[-a-zA-Z0-9_=@,.;:]{1,20}").prop_map(|(a, c)| Target::Channel(
+                Name::try_from(a).unwrap(),
+                Name::try_from(c).unwrap()
+            )),
         ]
     }
 
@@ -818,7 +930,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_any_text(text in "[apuc]?[0-9:.éa-z{}]{0,40}") {
+        fn decode_never_panics_on_any_text(text in "[apucht]?[0-9:.éa-z{}]{0,40}") {
             let _ = decode(text.as_bytes());
         }
 
@@ -831,11 +943,18 @@ mod tests {
             sent in any::<u64>(),
             stamp in proptest::option::of((any::<u64>(), any::<u64>())),
             exclude in proptest::option::of((any::<u64>(), any::<u64>())),
+            event in proptest::option::of("[^\\p{Cc}]{1,20}"),
+            user_id in proptest::option::of("[a-z:0-9é]{1,10}"),
         ) {
             let stamp = stamp.map(|(epoch, offset)| Stamp { epoch, offset });
             let exclude = exclude.map(|(node, local)| ConnKey { node, local });
-            let push = Push::new(target, ByteString::from(payload)).excluding(exclude);
+            let mut push = Push::new(target, ByteString::from(payload))
+                .excluding(exclude)
+                .with_event(event.map(|e| crate::push::EventName::try_from(e.as_str()).unwrap()));
+            push.user_id = user_id.map(|u| Name::try_from(u).unwrap());
             let back = decode(encode(&push, stamp, origin, seq, sent).as_bytes()).unwrap();
+            prop_assert_eq!(&back.push.event, &push.event);
+            prop_assert_eq!(&back.push.user_id, &push.user_id);
             prop_assert_eq!(&back.push.target, &push.target);
             prop_assert_eq!(&back.push.payload, &push.payload);
             prop_assert_eq!(back.push.exclude, exclude);

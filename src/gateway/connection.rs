@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::membership::Membership;
+use super::pusher::{After, PusherConn};
 use super::recovery::Preamble;
 use crate::app::AppState;
 use crate::auth::Role;
@@ -88,6 +89,7 @@ pub(super) fn start(
     early: &[u8],
     peer: Option<SocketAddr>,
     preamble: Option<Preamble>,
+    pusher: Option<Box<PusherConn>>,
 ) -> tokio::task::JoinHandle<()> {
     let id = membership.id();
     log::debug!(
@@ -114,6 +116,7 @@ pub(super) fn start(
         membership: Some(membership),
         closing: None,
         rate: PerConnection::default(),
+        pusher,
         state,
     };
     tokio::task::spawn_local(connection.run(preamble))
@@ -157,6 +160,17 @@ struct Connection {
     closing: Option<ClosingGuard>,
     /// This publisher's push budget (built at its first push).
     rate: PerConnection,
+    /// A Pusher connection's side (`/app/{key}`): its text frames are Pusher
+    /// frames. Boxed: native connections pay one pointer.
+    pusher: Option<Box<PusherConn>>,
+}
+
+/// What a client frame asks of the connection's task.
+enum Work {
+    /// A publisher's push.
+    Publish(Push),
+    /// A Pusher connection's text message.
+    Pusher(String),
 }
 
 impl Connection {
@@ -235,6 +249,9 @@ impl Connection {
             self.closing = Some(self.state.hub.closing_guard());
             drop(membership);
         }
+        if let Some(pusher) = &mut self.pusher {
+            pusher.release();
+        }
     }
 
     async fn serve(&mut self) -> Ended {
@@ -243,11 +260,23 @@ impl Connection {
                 Event::Ended(ended) => return ended,
                 Event::Frame(frame) => {
                     self.outbox.touch();
-                    if let Some(push) = self.on_frame(frame) {
-                        // Boxed: publishing (in redis mode a Redis round trip) is rare
-                        // on a connection, and inline it would size every connection's
-                        // task (which is also why frames are handled synchronously).
-                        Box::pin(self.state.publish(push, Ingress::Publisher)).await;
+                    match self.on_frame(frame) {
+                        None => {}
+                        Some(Work::Publish(push)) => {
+                            // Boxed: publishing (in redis mode a Redis round trip) is
+                            // rare on a connection, and inline it would size every
+                            // connection's task (which is also why frames are handled
+                            // synchronously).
+                            Box::pin(self.state.publish(push, Ingress::Publisher)).await;
+                        }
+                        Some(Work::Pusher(text)) => {
+                            if let Some(pusher) = &mut self.pusher {
+                                let after = Box::pin(pusher.on_text(&self.outbox, &text)).await;
+                                if let After::Close(code, reason) = after {
+                                    self.close(code, reason);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -323,8 +352,8 @@ impl Connection {
         }
     }
 
-    /// Handles one frame from the client; returns what a publisher asked to push.
-    fn on_frame(&mut self, frame: Frame) -> Option<Push> {
+    /// Handles one frame from the client; returns what is left to do.
+    fn on_frame(&mut self, frame: Frame) -> Option<Work> {
         match frame {
             Frame::Text(bytes) => return self.on_message(&bytes),
             Frame::Continuation(item) => match self.inbound.continue_message(item) {
@@ -348,8 +377,8 @@ impl Connection {
         None
     }
 
-    /// Handles one complete text message; returns what a publisher asked to push.
-    fn on_message(&mut self, bytes: &[u8]) -> Option<Push> {
+    /// Handles one complete text message; returns what is left to do.
+    fn on_message(&mut self, bytes: &[u8]) -> Option<Work> {
         let Ok(text) = std::str::from_utf8(bytes) else {
             self.state.metrics.rejected("not_utf8");
             REFUSALS.log(
@@ -359,6 +388,9 @@ impl Connection {
             self.close(INVALID, "text frame is not UTF-8");
             return None;
         };
+        if self.pusher.is_some() {
+            return Some(Work::Pusher(text.to_string()));
+        }
         let first = std::mem::take(&mut self.first_text);
         if text == "heartbeat" || is_ping(text) {
             self.outbox.offer(&PONG);
@@ -378,7 +410,7 @@ impl Connection {
                     self.close(POLICY, "over ingress.push_rate_per_sec");
                     None
                 }
-                Ok(push) => Some(push),
+                Ok(push) => Some(Work::Publish(push)),
                 Err(e) => {
                     self.state.metrics.rejected("publisher_frame");
                     REFUSALS.warn(format_args!(
@@ -455,7 +487,7 @@ impl Connection {
 }
 
 /// Writes all of `bytes` to `socket`, waiting whenever it is full.
-async fn write_all(socket: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+pub(super) async fn write_all(socket: &TcpStream, bytes: &[u8]) -> io::Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
         socket.writable().await?;
@@ -478,7 +510,7 @@ fn is_retry(e: &io::Error) -> bool {
 
 /// After our close frame: no more writes, and the client's answer (its close frame,
 /// then end of stream) is read and dropped, for at most [`LINGER_TIMEOUT`].
-async fn linger(socket: &TcpStream) {
+pub(super) async fn linger(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
     let mut sink = vec![0; 512];
     let drained = async {
@@ -855,6 +887,7 @@ mod tests {
                     socket,
                     &[],
                     Some(peer),
+                    None,
                     None,
                 );
                 tokio::task::yield_now().await;

@@ -44,6 +44,28 @@ impl Membership {
         ))
     }
 
+    /// [`Membership::join`] for a Pusher connection of `app` (`bridged`: its
+    /// public channels are the native pages).
+    pub(super) fn join_pusher(
+        state: Arc<AppState>,
+        meta: &ConnMeta,
+        worker: usize,
+        slot: Slot,
+        app: crate::push::AppSlot,
+        bridged: bool,
+    ) -> Option<(Self, Arc<Outbox>)> {
+        let (id, outbox) = state.hub.open_pusher(meta.clone(), worker, app, bridged)?;
+        state.registry.opened(id, meta);
+        Some((
+            Self {
+                id,
+                state,
+                _slot: slot,
+            },
+            outbox,
+        ))
+    }
+
     pub(super) fn id(&self) -> ConnId {
         self.id
     }
@@ -61,25 +83,36 @@ impl Drop for Membership {
 /// run the gateway's parts without an HTTP server.
 #[cfg(test)]
 pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState> {
+    test_state_with(crate::config::Settings::default(), max_connections, per_ip)
+}
+
+/// [`test_state`] with `settings`.
+#[cfg(test)]
+pub(super) fn test_state_with(
+    settings: crate::config::Settings,
+    max_connections: usize,
+    per_ip: usize,
+) -> Arc<AppState> {
     use crate::auth::Tokens;
     use crate::bus::{Bus, Fanout};
-    use crate::config::Settings;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
     use crate::net::ConnectionCaps;
     use crate::registry::Registry;
     use crate::scenes::SceneTable;
 
-    let settings = Settings::default();
     let hub = Hub::new(settings.server.send_queue_bytes);
     let metrics = Metrics::new(hub.clone());
+    let bus = Bus::embedded(
+        Fanout::start(hub.clone(), metrics.clone()).0,
+        &settings.history,
+    );
+    let channels = crate::pusher::ChannelState::embedded(None);
     Arc::new(AppState {
         node_id: Arc::from("test"),
         registry: Registry::Embedded(hub.clone()),
-        bus: Bus::embedded(
-            Fanout::start(hub.clone(), metrics.clone()).0,
-            &settings.history,
-        ),
+        pusher: crate::pusher::Publisher::new(bus.clone(), &settings.pusher, channels.clone()),
+        bus,
         tokens: Tokens::new(&settings.auth),
         scenes: SceneTable::compile(&settings.scene_configs()).unwrap(),
         caps: ConnectionCaps::new(max_connections, per_ip),
@@ -90,6 +123,7 @@ pub(super) fn test_state(max_connections: usize, per_ip: usize) -> Arc<AppState>
         settings: Arc::new(settings),
         hub,
         metrics,
+        channels,
     })
 }
 

@@ -58,6 +58,7 @@ use crate::push::Name;
 mod connection;
 pub mod heartbeat;
 mod membership;
+mod pusher;
 mod recovery;
 
 use membership::Membership;
@@ -110,6 +111,9 @@ async fn upgrade(
     request: Request,
     mut framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), actix_http::Error> {
+    if request.path().starts_with(pusher::PATH_PREFIX) {
+        return pusher::upgrade(state, request, framed).await;
+    }
     let accepted = match accept(&state, &request) {
         Ok(accepted) => accepted,
         Err(refusal) => {
@@ -185,12 +189,13 @@ async fn upgrade(
         &parts.read_buf,
         peer,
         preamble,
+        None,
     );
     Ok(())
 }
 
 /// Writes `refusal` as the JSON error response and lets the socket close.
-async fn refuse(framed: &mut Framed<TcpStream, h1::Codec>, refusal: &ApiError) {
+pub(super) async fn refuse(framed: &mut Framed<TcpStream, h1::Codec>, refusal: &ApiError) {
     // `error_response` logs the refusal, as for every other HTTP error.
     let response: Response<_> = refusal.error_response().into();
     let (mut head, body) = response.into_parts();
@@ -236,6 +241,17 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
     let refused = |refusal: Refusal| reject(refusal.reason(), auth_refusal(refusal));
     let grant = state.tokens.connect(query.get("token")).map_err(refused)?;
     let page = name(&query, "page").map_err(|e| reject("query", e))?;
+    if let Some(page) = &page
+        && !is_open_page(page)
+    {
+        return Err(reject(
+            "page",
+            ApiError::forbidden(format!(
+                "?page= {page:?} is a Pusher private, presence, encrypted or # channel: \
+                 only Pusher subscriptions with their auth may read it"
+            )),
+        ));
+    }
     let uid = name(&query, "uid").map_err(|e| reject("query", e))?;
     // A signed `sub` binds the uid; `?uid=` may only repeat it (README "Signed identities").
     let uid = grant
@@ -257,6 +273,21 @@ fn accept(state: &AppState, request: &Request) -> Result<Accepted, ApiError> {
     })
 }
 
+/// Whether a native connection may open on `page`: any page but the bridged
+/// Pusher app's private, presence, encrypted and `#` channels, which need an auth
+/// a native connect does not give (`?page=private-x` would read a private channel).
+fn is_open_page(page: &Name) -> bool {
+    use crate::pusher::channel::ChannelKind;
+    if page.starts_with('#') {
+        return false;
+    }
+    match crate::pusher::Channel::parse(page) {
+        Ok(channel) => matches!(channel.kind(), ChannelKind::Public | ChannelKind::Cache),
+        // Not a channel name (another charset): no Pusher client can reach it.
+        Err(_) => true,
+    }
+}
+
 /// 401 for the token itself (missing, unknown, expired, not verifying), 403 for
 /// what a valid token does not allow (another uid, another page, an unsigned uid).
 fn auth_refusal(refusal: Refusal) -> ApiError {
@@ -266,7 +297,7 @@ fn auth_refusal(refusal: Refusal) -> ApiError {
 
 /// A place under the connection caps, taken last: only a connect that would
 /// otherwise succeed counts against them.
-fn admit(state: &AppState, request: &Request) -> Result<Slot, CapRefusal> {
+pub(super) fn admit(state: &AppState, request: &Request) -> Result<Slot, CapRefusal> {
     let peer = request.head().peer_addr.map(|addr| addr.ip());
     state.caps.admit(peer)
 }
@@ -282,7 +313,7 @@ fn cap_refusal(cap: CapRefusal) -> ApiError {
 }
 
 /// Browsers always send `Origin`; other services (curl, PHP) do not and are allowed.
-fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
     match (allowed.is_empty(), headers.get(header::ORIGIN)) {
         (false, Some(origin)) => {
             let origin = origin.to_str().unwrap_or("");
@@ -313,7 +344,7 @@ fn name(query: &Query, field: &str) -> Result<Option<Name>, ApiError> {
 /// §4.2.2: the server selects one of the offered values). Browsers abort a
 /// handshake whose `101` selects none after they offered some; scenecast speaks
 /// the same frames whatever the name, so it takes the client's first choice.
-fn first_protocol(headers: &HeaderMap) -> Option<header::HeaderValue> {
+pub(super) fn first_protocol(headers: &HeaderMap) -> Option<header::HeaderValue> {
     let offer = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
     let first = offer.split(',').next()?.trim();
     // An RFC 9110 token, as RFC 6455 §4.1 requires of protocol names.
@@ -327,7 +358,7 @@ fn first_protocol(headers: &HeaderMap) -> Option<header::HeaderValue> {
     header::HeaderValue::from_str(first).ok()
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

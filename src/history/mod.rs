@@ -75,6 +75,10 @@ pub struct Entry {
     pub offset: u64,
     pub target: Target,
     pub exclude: Option<ConnKey>,
+    /// The Pusher event name ([`crate::push::Push::event`]).
+    pub event: Option<crate::push::EventName>,
+    /// A presence client event's `user_id` ([`crate::push::Push::user_id`]).
+    pub user_id: Option<crate::push::Name>,
     pub payload: ByteString,
 }
 
@@ -99,6 +103,8 @@ impl Recipient<'_> {
             Target::Page(page) => self.meta.page.as_ref() == Some(page),
             Target::Uid(uid) => self.meta.uid.as_ref() == Some(uid),
             Target::Conn(conn) => self.prev == Some(*conn),
+            // Pusher channels of other apps are never a native connection's.
+            Target::Channel(..) => false,
         }
     }
 }
@@ -217,6 +223,8 @@ mod tests {
             offset: 1,
             target,
             exclude,
+            event: None,
+            user_id: None,
             payload: "{}".into(),
         };
         let with_prev = Recipient {

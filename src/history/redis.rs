@@ -1,7 +1,8 @@
 //! The cluster-mode history: one Redis hash names the epoch and counts offsets
 //! (`{prefix}:history:epoch`, fields `epoch`, `offset`), one stream keeps the last
 //! `history.size` pushes (`{prefix}:history`, entry id `<offset>-0`, fields `t`
-//! target kind, `k` target key, `x` excluded connection, `d` payload, `ms` Redis
+//! target kind, `k` target key, `x` excluded connection, `e` Pusher event name
+//! (empty: none), `i` presence `user_id` (empty: none), `d` payload, `ms` Redis
 //! time of the publish).
 //!
 //! Two Lua scripts, each atomic on the Redis side:
@@ -50,12 +51,13 @@ pub fn eval(script: &str, keys: &[String]) -> redis::Cmd {
 
 /// KEYS: epoch hash, stream, count key (hash or set), nodes set.
 /// ARGV: candidate epoch, size, count kind (`hlen`/`scard`/`one`), envelope head,
-/// envelope tail, target kind, target key, exclude, payload, channel, and the
-/// caller's floor (see the module doc: a history that went back): epoch text and offset, or two empty strings.
+/// envelope tail, target kind, target key, exclude, payload, channel, event, user
+/// id, and the caller's floor (see the module doc: a history that went back):
+/// epoch text and offset, or two empty strings.
 /// Returns `{epoch, offset, matched, nodes, listening, stream length}`.
 pub const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and ARGV[11] == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(ARGV[12]) then
+if epoch and ARGV[13] == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(ARGV[14]) then
   epoch = false
 end
 if not epoch then
@@ -71,7 +73,7 @@ if size > 0 then
   local now = redis.call('TIME')
   local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
   redis.call('XADD', KEYS[2], 'MAXLEN', size, id .. '-0',
-    't', ARGV[6], 'k', ARGV[7], 'x', ARGV[8], 'd', ARGV[9], 'ms', ms)
+    't', ARGV[6], 'k', ARGV[7], 'x', ARGV[8], 'e', ARGV[11], 'i', ARGV[12], 'd', ARGV[9], 'ms', ms)
   len = redis.call('XLEN', KEYS[2])
 end
 local matched = 1
@@ -79,6 +81,8 @@ if ARGV[3] == 'hlen' then
   matched = redis.call('HLEN', KEYS[3])
 elseif ARGV[3] == 'scard' then
   matched = redis.call('SCARD', KEYS[3])
+elseif ARGV[3] == 'none' then
+  matched = 0
 end
 local nodes = redis.call('SCARD', KEYS[4])
 local listening = redis.call('PUBLISH', ARGV[10], ARGV[4] .. epoch .. ':' .. id .. ':' .. ARGV[5] .. ARGV[9])
@@ -114,7 +118,7 @@ if #entries ~= head - since then
   return {epoch, head, false}
 end
 local now = redis.call('TIME')
-local oldest = tonumber(now[1]) * 1000 - tonumber(ARGV[4])
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
 local first = entries[1][2]
 for i = 1, #first, 2 do
   if first[i] == 'ms' and tonumber(first[i + 1]) < oldest then
@@ -131,6 +135,8 @@ pub fn target_fields(target: &Target) -> (&'static str, String) {
         Target::Page(page) => ("p", page.to_string()),
         Target::Uid(uid) => ("u", uid.to_string()),
         Target::Conn(conn) => ("c", conn.to_string()),
+        // App ids hold no `:` (`[A-Za-z0-9._-]`), so the first `:` ends the id.
+        Target::Channel(app, channel) => ("h", format!("{app}:{channel}")),
     }
 }
 
@@ -141,6 +147,13 @@ pub fn target_from_fields(kind: &str, key: &str) -> Option<Target> {
         "p" => Name::try_from(key).ok().map(Target::Page),
         "u" => Name::try_from(key).ok().map(Target::Uid),
         "c" => ConnKey::parse(key).ok().map(Target::Conn),
+        "h" => {
+            let (app, channel) = key.split_once(':')?;
+            Some(Target::Channel(
+                Name::try_from(app).ok()?,
+                Name::try_from(channel).ok()?,
+            ))
+        }
         _ => None,
     }
 }
@@ -191,6 +204,7 @@ fn parse_entry(item: &Value) -> Option<Entry> {
     };
     let offset = text(id)?.strip_suffix("-0")?.parse().ok()?;
     let (mut kind, mut key, mut exclude, mut payload) = (None, None, None, None);
+    let (mut event, mut user_id) = ("", "");
     for pair in fields.chunks(2) {
         let [name, value] = pair else {
             return None;
@@ -200,6 +214,8 @@ fn parse_entry(item: &Value) -> Option<Entry> {
             "k" => key = text(value),
             "x" => exclude = text(value),
             "d" => payload = text(value),
+            "e" => event = text(value)?,
+            "i" => user_id = text(value)?,
             _ => {}
         }
     }
@@ -211,8 +227,20 @@ fn parse_entry(item: &Value) -> Option<Entry> {
         offset,
         target: target_from_fields(kind?, key?)?,
         exclude,
+        event: optional(event, |e| crate::push::EventName::try_from(e).ok())?,
+        user_id: optional(user_id, |u| Name::try_from(u).ok())?,
         payload: ByteString::from(payload?.to_owned()),
     })
+}
+
+/// An optional field's text: empty is `Some(None)`, a valid value `Some(Some(_))`,
+/// anything else `None` (the entry does not parse).
+pub fn optional<T>(text: &str, parse: impl FnOnce(&str) -> Option<T>) -> Option<Option<T>> {
+    if text.is_empty() {
+        Some(None)
+    } else {
+        parse(text).map(Some)
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ impl Ring {
                     offset: self.head,
                     target: push.target.clone(),
                     exclude: push.exclude,
+                    event: push.event.clone(),
+                    user_id: push.user_id.clone(),
                     payload: push.payload.clone(),
                 },
             ));

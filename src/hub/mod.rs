@@ -16,10 +16,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use outbox::{CloseReason, Flush, Offer, Outbox, Wire};
+pub use outbox::{CloseReason, Flush, Kind, Offer, Outbox, Wire};
 
 use crate::history::Stamp;
-use crate::push::{ConnKey, MAX_CONN_NODE, Name, Push, Target};
+use crate::push::{AppSlot, ConnKey, MAX_CONN_NODE, Name, Push, Target};
+use crate::pusher::channel::SERVER_TO_USER_PREFIX;
 
 /// Node-local connection number: random (see [`Hub::open_with`]), never 0, unique
 /// among the node's open connections.
@@ -47,6 +48,18 @@ pub struct Delivery {
 struct Conn {
     meta: ConnMeta,
     outbox: Arc<Outbox>,
+    /// A Pusher connection's side (`None` for a native one).
+    pusher: Option<PusherSide>,
+}
+
+/// What the hub keeps of a Pusher connection: its app, the channels it is
+/// subscribed to (as the [`Target`] whose pushes it takes: `Page` for the bridged
+/// app, `Channel` for the others), and the user it signed in as.
+struct PusherSide {
+    app: AppSlot,
+    bridged: bool,
+    subscriptions: Vec<Target>,
+    user: Option<Name>,
 }
 
 type Members = HashMap<ConnId, Arc<Outbox>>;
@@ -54,8 +67,19 @@ type Members = HashMap<ConnId, Arc<Outbox>>;
 #[derive(Default)]
 struct State {
     conns: HashMap<ConnId, Conn>,
+    /// Native connections by page, and the bridged Pusher app's subscribers by
+    /// channel: one namespace.
     by_page: HashMap<Name, Members>,
+    /// Native connections by uid.
     by_uid: HashMap<Name, Members>,
+    /// Subscribers of the channels of non-bridged Pusher apps, by (app, channel).
+    by_channel: HashMap<(AppSlot, Name), Members>,
+    /// Signed-in Pusher connections by (app, user id).
+    by_user: HashMap<(AppSlot, Name), Members>,
+    /// Pusher connections open.
+    pusher_conns: usize,
+    /// Pusher connections open per app.
+    pusher_apps: HashMap<AppSlot, usize>,
 }
 
 impl State {
@@ -64,11 +88,17 @@ impl State {
             Target::Conn(conn) => {
                 if conn.node == node
                     && let Some(c) = self.conns.get(&conn.local)
+                    && c.pusher.is_none()
                 {
                     f(&c.outbox);
                 }
             }
-            Target::All => self.conns.values().for_each(|c| f(&c.outbox)),
+            // Pusher has no broadcast channel: `all` is the native connections.
+            Target::All => self
+                .conns
+                .values()
+                .filter(|c| c.pusher.is_none())
+                .for_each(|c| f(&c.outbox)),
             Target::Page(page) => {
                 if let Some(members) = self.by_page.get(page) {
                     members.values().for_each(f);
@@ -76,10 +106,48 @@ impl State {
             }
             Target::Uid(uid) => {
                 if let Some(members) = self.by_uid.get(uid) {
+                    members.values().for_each(&mut f);
+                }
+                // The bridged app's signed-in subscribers of `#server-to-user-{uid}`
+                // (only the user's own connections may subscribe to it).
+                if self.pusher_conns > 0 {
+                    let channel = format!("{SERVER_TO_USER_PREFIX}{uid}");
+                    if let Some(members) = self.by_page.get(channel.as_str()) {
+                        members.values().for_each(f);
+                    }
+                }
+            }
+            Target::Channel(app, channel) => {
+                if let Some(members) = self.by_channel.get(&(app.clone(), channel.clone())) {
                     members.values().for_each(f);
                 }
             }
         }
+    }
+
+    fn count(&self, node: u64, target: &Target) -> usize {
+        match target {
+            Target::All => self.conns.len() - self.pusher_conns,
+            Target::Page(page) => self.by_page.get(page).map_or(0, HashMap::len),
+            Target::Channel(app, channel) => self
+                .by_channel
+                .get(&(app.clone(), channel.clone()))
+                .map_or(0, HashMap::len),
+            Target::Uid(_) | Target::Conn(_) => {
+                let mut n = 0;
+                self.for_each_match(node, target, |_| n += 1);
+                n
+            }
+        }
+    }
+}
+
+/// The pushes a Pusher subscription to `channel` of `app` takes.
+pub fn subscription_target(app: &AppSlot, bridged: bool, channel: &Name) -> Target {
+    if bridged {
+        Target::Page(channel.clone())
+    } else {
+        Target::Channel(app.clone(), channel.clone())
     }
 }
 
@@ -133,18 +201,33 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
-fn index(map: &mut HashMap<Name, Members>, key: &Name, id: ConnId, outbox: &Arc<Outbox>) {
+fn index<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, Members>,
+    key: &K,
+    id: ConnId,
+    outbox: &Arc<Outbox>,
+) {
     map.entry(key.clone())
         .or_default()
         .insert(id, outbox.clone());
 }
 
-fn unindex(map: &mut HashMap<Name, Members>, key: &Name, id: ConnId) {
+fn unindex<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Members>, key: &K, id: ConnId) {
     if let Some(members) = map.get_mut(key) {
         members.remove(&id);
         if members.is_empty() {
             map.remove(key);
         }
+    }
+}
+
+fn unindex_target(state: &mut State, target: &Target, id: ConnId) {
+    match target {
+        Target::Page(page) => unindex(&mut state.by_page, page, id),
+        Target::Channel(app, channel) => {
+            unindex(&mut state.by_channel, &(app.clone(), channel.clone()), id)
+        }
+        _ => {}
     }
 }
 
@@ -211,12 +294,7 @@ impl Hub {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return None;
         }
-        let id = loop {
-            let id = self.fresh_id();
-            if id != 0 && !state.conns.contains_key(&id) {
-                break id;
-            }
-        };
+        let id = self.fresh_id(&state);
         let outbox = Arc::new(Outbox::for_conn(
             self.shared.queue_limit_bytes,
             worker,
@@ -234,6 +312,7 @@ impl Hub {
             Conn {
                 meta,
                 outbox: outbox.clone(),
+                pusher: None,
             },
         );
         Some((id, outbox))
@@ -245,10 +324,166 @@ impl Hub {
     /// connection it names with `prev` (its `conn` pushes are replayed to it), and
     /// what a back office names in `conn` / `exclude`: with a counter, a visitor's
     /// own welcome told it its neighbours' ids, and `prev` replayed their pushes.
-    fn fresh_id(&self) -> ConnId {
+    /// Never 0, never an open connection's (`state` is the write-locked state).
+    fn fresh_id(&self, state: &State) -> ConnId {
         use std::hash::BuildHasher;
-        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        getrandom::u64().unwrap_or_else(|_| self.shared.id_key.hash_one(n))
+        loop {
+            let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = getrandom::u64().unwrap_or_else(|_| self.shared.id_key.hash_one(n));
+            if id != 0 && !state.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Adds a Pusher connection of `app` (`bridged`: its public channels are the
+    /// native pages) served by fan-out `worker`; it takes no push until it
+    /// subscribes ([`Hub::subscribe`]). `None` once the hub is stopped.
+    pub fn open_pusher(
+        &self,
+        meta: ConnMeta,
+        worker: usize,
+        app: AppSlot,
+        bridged: bool,
+    ) -> Option<(ConnId, Arc<Outbox>)> {
+        let mut state = self.write();
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
+        let id = self.fresh_id(&state);
+        let outbox = Arc::new(Outbox::of_kind(
+            self.shared.queue_limit_bytes,
+            worker,
+            id,
+            Kind::Pusher,
+        ));
+        state.pusher_conns += 1;
+        *state.pusher_apps.entry(app.clone()).or_default() += 1;
+        state.conns.insert(
+            id,
+            Conn {
+                meta,
+                outbox: outbox.clone(),
+                pusher: Some(PusherSide {
+                    app,
+                    bridged,
+                    subscriptions: Vec::new(),
+                    user: None,
+                }),
+            },
+        );
+        Some((id, outbox))
+    }
+
+    /// Subscribes Pusher connection `id` to `channel`; false when it is gone, not
+    /// a Pusher connection, or subscribed already.
+    pub fn subscribe(&self, id: ConnId, channel: &Name) -> bool {
+        let mut state = self.write();
+        let state = &mut *state;
+        let Some(conn) = state.conns.get_mut(&id) else {
+            return false;
+        };
+        let Some(side) = conn.pusher.as_mut() else {
+            return false;
+        };
+        let target = subscription_target(&side.app, side.bridged, channel);
+        if side.subscriptions.contains(&target) {
+            return false;
+        }
+        match &target {
+            Target::Page(page) => index(&mut state.by_page, page, id, &conn.outbox),
+            Target::Channel(app, channel) => index(
+                &mut state.by_channel,
+                &(app.clone(), channel.clone()),
+                id,
+                &conn.outbox,
+            ),
+            _ => return false,
+        }
+        side.subscriptions.push(target);
+        true
+    }
+
+    /// Unsubscribes Pusher connection `id` from `channel`; false when it was not
+    /// subscribed.
+    pub fn unsubscribe(&self, id: ConnId, channel: &Name) -> bool {
+        let mut state = self.write();
+        let state = &mut *state;
+        let Some(side) = state.conns.get_mut(&id).and_then(|c| c.pusher.as_mut()) else {
+            return false;
+        };
+        let target = subscription_target(&side.app, side.bridged, channel);
+        let Some(at) = side.subscriptions.iter().position(|t| *t == target) else {
+            return false;
+        };
+        side.subscriptions.swap_remove(at);
+        unindex_target(state, &target, id);
+        true
+    }
+
+    /// Whether Pusher connection `id` is subscribed to `channel`.
+    pub fn is_subscribed(&self, id: ConnId, channel: &Name) -> bool {
+        let state = self.read();
+        state
+            .conns
+            .get(&id)
+            .and_then(|c| c.pusher.as_ref())
+            .is_some_and(|side| {
+                let target = subscription_target(&side.app, side.bridged, channel);
+                side.subscriptions.contains(&target)
+            })
+    }
+
+    /// Binds Pusher connection `id` to user `uid` (`pusher:signin`); returns its
+    /// updated metadata, `None` when it is gone, not a Pusher connection, or
+    /// signed in already.
+    pub fn bind_user(&self, id: ConnId, uid: Name) -> Option<ConnMeta> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let conn = state.conns.get_mut(&id)?;
+        let side = conn.pusher.as_mut()?;
+        if side.user.is_some() {
+            return None;
+        }
+        index(
+            &mut state.by_user,
+            &(side.app.clone(), uid.clone()),
+            id,
+            &conn.outbox,
+        );
+        side.user = Some(uid.clone());
+        conn.meta.uid = Some(uid);
+        Some(conn.meta.clone())
+    }
+
+    /// The user Pusher connection `id` signed in as.
+    pub fn user_of(&self, id: ConnId) -> Option<Name> {
+        let state = self.read();
+        state.conns.get(&id)?.pusher.as_ref()?.user.clone()
+    }
+
+    /// Closes this node's Pusher connections of `app` signed in as `uid` with
+    /// `code` (`terminate_connections`); returns how many.
+    pub fn terminate_user(&self, app: &AppSlot, uid: &Name, code: u16, reason: &str) -> usize {
+        let close = frame::close(code, reason);
+        let state = self.read();
+        let Some(members) = state.by_user.get(&(app.clone(), uid.clone())) else {
+            return 0;
+        };
+        for outbox in members.values() {
+            outbox.close_with(code, close.clone());
+        }
+        members.len()
+    }
+
+    /// Pusher connections of `app` open on this node.
+    pub fn pusher_app_len(&self, app: &str) -> usize {
+        self.read().pusher_apps.get(app).copied().unwrap_or(0)
+    }
+
+    /// Pusher connections open on this node.
+    pub fn pusher_len(&self) -> usize {
+        self.read().pusher_conns
     }
 
     /// Binds `uid` to a connection that has none yet; returns the updated metadata,
@@ -268,12 +503,32 @@ impl Hub {
     /// Removes a connection; returns its metadata if it was open.
     pub fn close(&self, id: ConnId) -> Option<ConnMeta> {
         let mut state = self.write();
+        let state = &mut *state;
         let conn = state.conns.remove(&id)?;
         if let Some(page) = &conn.meta.page {
             unindex(&mut state.by_page, page, id);
         }
-        if let Some(uid) = &conn.meta.uid {
-            unindex(&mut state.by_uid, uid, id);
+        match conn.pusher {
+            None => {
+                if let Some(uid) = &conn.meta.uid {
+                    unindex(&mut state.by_uid, uid, id);
+                }
+            }
+            Some(side) => {
+                state.pusher_conns = state.pusher_conns.saturating_sub(1);
+                if let Some(n) = state.pusher_apps.get_mut(&side.app) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        state.pusher_apps.remove(&side.app);
+                    }
+                }
+                for target in &side.subscriptions {
+                    unindex_target(state, target, id);
+                }
+                if let Some(user) = side.user {
+                    unindex(&mut state.by_user, &(side.app, user), id);
+                }
+            }
         }
         Some(conn.meta)
     }
@@ -291,6 +546,7 @@ impl Hub {
     pub fn deliver_stamped(&self, push: &Push, stamp: Option<Stamp>) -> Delivery {
         let frame = frame::text(&push.payload);
         let mut envelope = None;
+        let mut pusher = None;
         let exclude = self.local_id(push.exclude);
         let state = self.read();
         let mut delivery = Delivery::default();
@@ -298,7 +554,11 @@ impl Hub {
             if Some(outbox.id()) == exclude {
                 return;
             }
-            if outbox.is_recover() {
+            if outbox.is_pusher() {
+                if let Some(frame) = pusher.get_or_insert_with(|| pusher_frame(push)) {
+                    delivery.offer(outbox, frame);
+                }
+            } else if outbox.is_recover() {
                 let envelope = envelope.get_or_insert_with(|| {
                     crate::history::push_frame(stamp.map(|s| s.offset), &push.payload)
                 });
@@ -331,15 +591,7 @@ impl Hub {
 
     /// Open connections on this node that match `target`.
     pub fn count(&self, target: &Target) -> usize {
-        let state = self.read();
-        match target {
-            Target::Conn(conn) => {
-                usize::from(conn.node == self.shared.node && state.conns.contains_key(&conn.local))
-            }
-            Target::All => state.conns.len(),
-            Target::Page(page) => state.by_page.get(page).map_or(0, HashMap::len),
-            Target::Uid(uid) => state.by_uid.get(uid).map_or(0, HashMap::len),
-        }
+        self.read().count(self.shared.node, target)
     }
 
     /// [`Hub::count`] without local connection `exclude`.
@@ -347,11 +599,15 @@ impl Hub {
         let count = self.count(target);
         let excluded = exclude.is_some_and(|id| {
             let state = self.read();
-            state.conns.get(&id).is_some_and(|conn| match target {
-                Target::All => true,
-                Target::Page(page) => conn.meta.page.as_ref() == Some(page),
-                Target::Uid(uid) => conn.meta.uid.as_ref() == Some(uid),
-                Target::Conn(key) => key.local == id,
+            state.conns.get(&id).is_some_and(|conn| match &conn.pusher {
+                Some(side) => side.subscriptions.contains(target),
+                None => match target {
+                    Target::All => true,
+                    Target::Page(page) => conn.meta.page.as_ref() == Some(page),
+                    Target::Uid(uid) => conn.meta.uid.as_ref() == Some(uid),
+                    Target::Conn(key) => key.local == id,
+                    Target::Channel(..) => false,
+                },
             })
         });
         count.saturating_sub(usize::from(excluded))
@@ -460,6 +716,30 @@ impl Hub {
     }
 }
 
+/// The channel a Pusher subscriber sees a push to `target` on: the page, the
+/// channel, or the user's `#server-to-user-{uid}`; `None` for targets Pusher
+/// connections never take (`all`, `conn`).
+pub fn pusher_channel(target: &Target) -> Option<std::borrow::Cow<'_, str>> {
+    match target {
+        Target::Page(page) => Some(page.as_str().into()),
+        Target::Channel(_, channel) => Some(channel.as_str().into()),
+        Target::Uid(uid) => Some(format!("{SERVER_TO_USER_PREFIX}{uid}").into()),
+        Target::All | Target::Conn(_) => None,
+    }
+}
+
+/// The frame Pusher subscribers get for `push` (framed once per push, shared by
+/// all of them); `None` when Pusher connections do not take it.
+pub fn pusher_frame(push: &Push) -> Option<bytes::Bytes> {
+    let channel = pusher_channel(&push.target)?;
+    Some(frame::text(&crate::pusher::protocol::pushed_event(
+        push.event_name(),
+        &channel,
+        &push.payload,
+        push.user_id.as_deref(),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +799,69 @@ mod tests {
         hub.close(b);
         assert!(hub.page_counts().is_empty());
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn pusher_subscribers_share_one_event_frame_and_natives_get_the_payload() {
+        use crate::push::EventName;
+        let hub = Hub::new(1 << 20);
+        let (_, native) = hub.open(meta(Some("orders"), None), 0).unwrap();
+        let (a, bridged) = hub
+            .open_pusher(meta(None, None), 0, name("1"), true)
+            .unwrap();
+        let (b, other) = hub
+            .open_pusher(meta(None, None), 0, name("2"), false)
+            .unwrap();
+        assert!(hub.subscribe(a, &name("orders")));
+        assert!(!hub.subscribe(a, &name("orders")), "subscribed once");
+        assert!(hub.subscribe(b, &name("orders")));
+        assert_eq!(hub.count(&Target::Page(name("orders"))), 2);
+
+        let push = Push::new(Target::Page(name("orders")), r#"{"id":1}"#)
+            .with_event(Some(EventName::try_from("paid").unwrap()));
+        assert_eq!(hub.deliver(&push).delivered, 2);
+        assert_eq!(drained(&native), [r#"{"id":1}"#]);
+        assert_eq!(
+            drained(&bridged),
+            [r#"{"event":"paid","channel":"orders","data":"{\"id\":1}"}"#]
+        );
+        assert!(
+            drained(&other).is_empty(),
+            "app 2's orders is another channel"
+        );
+
+        let push = Push::new(Target::Channel(name("2"), name("orders")), "x");
+        assert_eq!(hub.deliver(&push).delivered, 1);
+        assert_eq!(
+            drained(&other),
+            [r#"{"event":"scenecast.push","channel":"orders","data":"x"}"#]
+        );
+        assert_eq!(hub.deliver(&Push::new(Target::All, "all")).delivered, 1);
+        assert_eq!(drained(&native), ["all"]);
+        assert!(drained(&bridged).is_empty(), "all is native only");
+
+        // A signed-in user's #server-to-user channel takes that uid's pushes.
+        assert!(hub.bind_user(a, name("7")).is_some());
+        assert!(hub.bind_user(a, name("8")).is_none(), "signed in once");
+        assert!(hub.subscribe(a, &name("#server-to-user-7")));
+        assert_eq!(
+            hub.deliver(&Push::new(Target::Uid(name("7")), "u"))
+                .delivered,
+            1
+        );
+        assert_eq!(
+            drained(&bridged),
+            [r##"{"event":"scenecast.push","channel":"#server-to-user-7","data":"u"}"##]
+        );
+        assert_eq!(hub.terminate_user(&name("1"), &name("7"), 4009, "bye"), 1);
+        assert_eq!(bridged.closing(), Some(4009));
+
+        hub.close(a);
+        hub.close(b);
+        assert_eq!(hub.count(&Target::Page(name("orders"))), 1);
+        assert_eq!(hub.pusher_len(), 0);
+        assert_eq!(hub.pusher_app_len("1"), 0);
+        assert_eq!(hub.terminate_user(&name("1"), &name("7"), 4009, "bye"), 0);
     }
 
     #[test]

@@ -137,6 +137,9 @@ struct State {
     stalled_checks: u32,
     /// `Some` for a `?recover=1` connection (see [`Recovering`]).
     recovering: Option<Recovering>,
+    /// A Pusher connection: a slow consumer is closed with 4100 (pusher-js retries
+    /// after a second) rather than 4008 (which would stop it for good).
+    pusher: bool,
 }
 
 /// A `?recover=1` connection's side of the seam between its replay and live pushes
@@ -196,13 +199,27 @@ impl State {
         self.bytes + frame.len() + FRAME_OVERHEAD <= limit
     }
 
+    /// Starts closing a slow consumer: 4008, or 4100 for a Pusher connection.
+    fn close_slow(&mut self) {
+        if self.pusher {
+            self.drop_unstarted();
+            start_closing(
+                self,
+                PUSHER_SLOW,
+                frame::close(PUSHER_SLOW, "slow consumer"),
+            );
+        } else {
+            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+        }
+    }
+
     /// Queues `frame` within `limit` bytes: `Some(was_idle)` (nothing was waiting
     /// before), or `None` when it did not fit and the connection is now closing as
     /// a slow consumer.
     fn enqueue(&mut self, frame: &Bytes, limit: usize) -> Option<bool> {
         let cost = frame.len() + FRAME_OVERHEAD;
         if !self.fits(frame, limit) {
-            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+            self.close_slow();
             return None;
         }
         let was_idle = !self.has_pending();
@@ -223,7 +240,7 @@ impl State {
             return None;
         }
         if !self.fits(frame, limit) {
-            start_closing(self, CloseReason::SlowConsumer.code(), slow_close());
+            self.close_slow();
             return Some(Offer::Overflowed);
         }
         self.bytes += frame.len() + FRAME_OVERHEAD;
@@ -350,6 +367,20 @@ pub struct Outbox {
     /// Opened with `?recover=1`: pushes come as `{"type":"push",...}` frames through
     /// [`Outbox::offer_push`], starting held (see [`Recovering`]).
     recover: bool,
+    /// A Pusher connection (`/app/{key}`): pushes come as Pusher channel events.
+    pusher: bool,
+}
+
+/// How a connection takes pushes: the frame kinds a push is framed into, once
+/// each, lazily, for all the connections of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The payload as the frame text (native).
+    Raw,
+    /// `{"type":"push","offset",…}` envelopes (native `?recover=1`).
+    Recover,
+    /// `{"event","channel","data"}` (Pusher).
+    Pusher,
 }
 
 impl Outbox {
@@ -359,7 +390,15 @@ impl Outbox {
 
     /// The outbox of hub connection `id`; with `recover`, holding (see [`Recovering`]).
     pub fn for_conn(limit_bytes: usize, worker: usize, id: u64, recover: bool) -> Self {
+        let kind = if recover { Kind::Recover } else { Kind::Raw };
+        Self::of_kind(limit_bytes, worker, id, kind)
+    }
+
+    /// The outbox of hub connection `id` taking pushes as `kind`.
+    pub fn of_kind(limit_bytes: usize, worker: usize, id: u64, kind: Kind) -> Self {
+        let recover = kind == Kind::Recover;
         let state = State {
+            pusher: kind == Kind::Pusher,
             recovering: recover.then(|| Recovering {
                 holding: true,
                 ..Recovering::default()
@@ -374,7 +413,13 @@ impl Outbox {
             worker,
             id,
             recover,
+            pusher: kind == Kind::Pusher,
         }
+    }
+
+    /// Whether this is a Pusher connection's outbox.
+    pub fn is_pusher(&self) -> bool {
+        self.pusher
     }
 
     /// The hub's number for this connection.
@@ -572,6 +617,22 @@ impl Outbox {
     /// first, except to a slow consumer, who gets the close frame as soon as the
     /// socket takes it. The first close requested wins.
     pub fn close(&self, reason: CloseReason) {
+        if self.pusher {
+            // Pusher's codes: pusher-js reconnects at once on 42xx (PUSHER-NOTES
+            // §3.4), where 1001 would wait and 4001/4008 would stop it for good.
+            let code = match reason {
+                CloseReason::Shutdown => 4200,
+                CloseReason::IdleTimeout => 4201,
+                CloseReason::SlowConsumer => {
+                    let mut state = self.lock();
+                    if state.closing.is_none() {
+                        state.close_slow();
+                    }
+                    return;
+                }
+            };
+            return self.close_with(code, frame::close(code, reason.description()));
+        }
         self.close_with(reason.code(), close_frame(reason));
     }
 
@@ -691,6 +752,9 @@ fn close_frame(reason: CloseReason) -> Bytes {
     frame::close(reason.code(), reason.description())
 }
 
+/// Pusher's "over capacity, retry in a second" code, for a Pusher slow consumer.
+const PUSHER_SLOW: u16 = 4100;
+
 fn slow_close() -> Bytes {
     close_frame(CloseReason::SlowConsumer)
 }
@@ -769,6 +833,26 @@ mod tests {
         let close = outbox.try_next().unwrap();
         assert_eq!(frame::parse(&close).unwrap().1[..2], 4008u16.to_be_bytes());
         assert!(outbox.try_next().is_none());
+    }
+
+    #[test]
+    fn pusher_connections_close_with_pusher_codes() {
+        let one = frame::text("0123456789");
+        let outbox = Outbox::of_kind(2 * (one.len() + FRAME_OVERHEAD), 0, 1, Kind::Pusher);
+        assert!(outbox.is_pusher());
+        while outbox.offer(&one) == Offer::Queued {}
+        assert_eq!(outbox.closing(), Some(4100), "pusher-js retries after 1 s");
+        let close = outbox.try_next().unwrap();
+        assert_eq!(frame::parse(&close).unwrap().1[..2], 4100u16.to_be_bytes());
+        for (reason, code) in [
+            (CloseReason::Shutdown, 4200),
+            (CloseReason::IdleTimeout, 4201),
+            (CloseReason::SlowConsumer, 4100),
+        ] {
+            let outbox = Outbox::of_kind(1 << 10, 0, 1, Kind::Pusher);
+            outbox.close(reason);
+            assert_eq!(outbox.closing(), Some(code), "{reason:?}");
+        }
     }
 
     #[test]
@@ -921,6 +1005,27 @@ mod tests {
             0,
             "skipped and dropped frames cost nothing"
         );
+    }
+
+    #[test]
+    fn a_hole_found_during_the_hold_sends_nothing_held() {
+        let outbox = Outbox::for_conn(1 << 20, 0, 1, true);
+        outbox.offer_push(stamp(5), &frame::text("5"));
+        let floor = Stamp {
+            epoch: 9,
+            offset: 4,
+        };
+        assert_eq!(outbox.release_unless(floor, || true), None);
+        assert!(outbox.is_holding(), "still holding: its caller closes it");
+        outbox.close_with(1012, frame::close(1012, "reconnect"));
+        let sent = texts(&outbox);
+        assert_eq!(sent.len(), 1, "only the close frame: {sent:?}");
+        assert!(sent[0].ends_with("reconnect"));
+        let fresh = Outbox::for_conn(1 << 20, 0, 2, true);
+        fresh.offer_push(stamp(5), &frame::text("5"));
+        assert_eq!(fresh.release_unless(floor, || false), Some(1));
+        assert!(!fresh.is_holding());
+        assert_eq!(texts(&fresh), ["5"]);
     }
 
     #[test]

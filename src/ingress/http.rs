@@ -215,6 +215,10 @@ struct PushRequest<'a> {
     conn: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     exclude: Option<&'a RawValue>,
+    /// The Pusher event name Pusher subscribers of the page get (default
+    /// `scenecast.push`).
+    #[serde(default)]
+    event: Option<crate::push::EventName>,
     /// Forwarded as written: key order, number spelling and spacing are the
     /// sender's, as on the text port.
     #[serde(borrow)]
@@ -278,7 +282,9 @@ async fn api_push(
             format!("message is over server.max_message_bytes ({limit})"),
         ));
     }
-    let push = Push::new(target, ByteString::from(text.to_owned())).excluding(exclude);
+    let push = Push::new(target, ByteString::from(text.to_owned()))
+        .excluding(exclude)
+        .with_event(request.event.clone());
     let publisher = state.clone();
     let publish = async move {
         let published = publisher.publish(push, Ingress::HttpApi).await;
@@ -313,7 +319,7 @@ async fn presence(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let count = state.registry.count(&target).await;
     let name = match &target {
         Target::Page(n) | Target::Uid(n) => n.to_string(),
-        Target::All | Target::Conn(_) => String::new(),
+        Target::All | Target::Conn(_) | Target::Channel(..) => String::new(),
     };
     Ok(HttpResponse::Ok().json(json!({
         "code": 200,
@@ -337,6 +343,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         "cluster_wide": stats.cluster_wide,
         "node": &*state.node_id,
         "node_connections": state.hub.len(),
+        "node_pusher_connections": state.hub.pusher_len(),
         "pushes": state.metrics.pushes_total(),
     })))
 }

@@ -345,6 +345,20 @@ pub fn channel_event(event: &str, channel: &str, data: &str) -> String {
     frame(event, Some(channel), Some(data))
 }
 
+/// A channel event from the bus (a native push, an API event, a relayed client
+/// event): [`channel_event`] plus `user_id` when a presence client event carries
+/// one. `data` goes out as a JSON string; pusher-js `JSON.parse`s it back, so a
+/// client event's object data arrives as the object it was.
+pub fn pushed_event(event: &str, channel: &str, data: &str, user_id: Option<&str>) -> String {
+    let frame = Frame {
+        event,
+        channel: Some(channel),
+        data: Some(data),
+        user_id,
+    };
+    serde_json::to_string(&frame).unwrap_or_default()
+}
+
 /// A relayed `client-*` event: `data` as the sender sent it (any JSON), plus
 /// `user_id` on presence channels (pusher-js copies it to the event).
 pub fn client_event(event: &str, channel: &str, data: &RawValue, user_id: Option<&str>) -> String {

@@ -71,6 +71,11 @@ impl RedisKeys {
     pub fn idempotency(&self, sha256_hex: &str) -> String {
         format!("{}:idem:{sha256_hex}", self.prefix)
     }
+    /// Base of the Pusher channel state's keys (`{prefix}:pusher:…`; the layout is
+    /// in `src/pusher/state/redis.rs`).
+    pub fn pusher(&self) -> String {
+        format!("{}:pusher", self.prefix)
+    }
     /// Cluster-unique id of a local connection.
     pub fn conn_id(&self, id: ConnId) -> String {
         format!("{}:{id}", self.node)
@@ -85,6 +90,9 @@ impl RedisKeys {
             // The registry does not index connections by their cluster-wide id:
             // at most one connection matches.
             Target::Conn(_) => redis::cmd("ECHO").arg(1).clone(),
+            // The registry does not index Pusher channels of non-bridged apps (the
+            // channel state does).
+            Target::Channel(..) => redis::cmd("ECHO").arg(0).clone(),
         }
     }
 }

@@ -40,6 +40,7 @@ async fn server() -> TestServer {
         s.ingress.udp_bind = "127.0.0.1:0".into();
         s.scenes = Some(vec![
             SceneConfig {
+                event: None,
                 func: "toPage".into(),
                 page: Some("{page}".into()),
                 uid: None,
@@ -47,6 +48,7 @@ async fn server() -> TestServer {
                 message: json!({"to": "page {page}", "m": "{m}"}),
             },
             SceneConfig {
+                event: None,
                 func: "toUser".into(),
                 page: None,
                 uid: Some("{uid}".into()),

@@ -49,6 +49,7 @@ async fn scenes_come_from_config_with_query_params() {
     let server = TestServer::start(|s| {
         s.scenes = Some(vec![
             scenecast::config::SceneConfig {
+                event: None,
                 func: "notify".into(),
                 page: Some("{page}".into()),
                 uid: None,
@@ -56,6 +57,7 @@ async fn scenes_come_from_config_with_query_params() {
                 message: json!({"code": 200, "message": "{text}", "order": {"id": "{id}"}}),
             },
             scenecast::config::SceneConfig {
+                event: None,
                 func: "everyone".into(),
                 page: None,
                 uid: None,
@@ -284,6 +286,7 @@ async fn a_client_that_stops_reading_is_closed_without_hurting_others() {
         s.server.send_queue_bytes = 256 * 1024;
         s.server.send_timeout_secs = 2;
         s.scenes = Some(vec![scenecast::config::SceneConfig {
+            event: None,
             func: "bulk".into(),
             page: Some("home".into()),
             uid: None,
