@@ -11,6 +11,7 @@
 
 mod common;
 
+mod breaker;
 mod browser;
 mod caps;
 mod cluster;
