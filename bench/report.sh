@@ -14,7 +14,7 @@ MEDIANS=$(jq -s '
   def med: map(select(. != null)) | sort | if length == 0 then null
     elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def r1: if . == null then null else (. * 10 | round) / 10 end;
-  map(select(.clients != null))
+  map(select(.clients != null and .mode != "storm"))
   | map(. + {
       us_frame: (if (.received // 0) > 0 and .server_cpu_pct_push != null
                  then .server_cpu_pct_push / 100 * .push_s / (.received + (.unmatched // 0)) * 1e6 else null end),
@@ -22,13 +22,33 @@ MEDIANS=$(jq -s '
   | group_by([.scenario, .server])
   | map({scenario: .[0].scenario, server: .[0].server, runs: length,
       clients: (map(.connected) | med), lost: (map(.lost) | max), extra: (map(.extra) | max),
-      rss_conn: (map(.server_bytes_per_conn) | med | r1), us_frame: (map(.us_frame) | med | r1),
+      rss_conn: (map(.server_bytes_per_conn) | med | r1), us_frame: (map(.us_frame) | med | r1), us_frame_x: (map(.us_frame) | med),
       p50: (map(.lat_ms_p50) | med | r1), p99: (map(.lat_ms_p99) | med | r1),
       dps: (map(.deliveries_per_s) | med | if . == null then null else round end), ack: (map(.trigger_ack_ms_p50) | med | r1),
       srv_cpu: (map(.server_cpu_pct_push) | med), gen_cpu: (map(.gen_cpu_pct_push) | med),
       gen_cpu_connect: (map(.gen_cpu_pct_connect) | med), other: (map(.others_cpu_pct_push) | med),
       rss_growth_mb: (map(.rss_growth_mb) | med | r1), unmatched: (map(.unmatched) | med)})' "$RAW")
-EXTRAS=$(jq -s 'map(select(.clients == null and (.scenario | startswith("cluster-") | not)))' "$RAW")
+EXTRAS=$(jq -s 'map(select(.clients == null and (.scenario | startswith("cluster-") or startswith("recovery-") | not)))' "$RAW")
+# Recovery storms, per scenario: medians of the times and CPU, worst run of the counts.
+STORM=$(jq -s '
+  def med: map(select(. != null)) | sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def r2: if . == null then null else (. * 100 | round) / 100 end;
+  def r0: if . == null then null else round end;
+  (map(select(.scenario | endswith("-extra"))) | map({key: "\(.scenario | rtrimstr("-extra")):\(.run)", value: .redis_cpu_s}) | from_entries) as $redis
+  | map(select(.mode == "storm")) | group_by(.scenario)
+  | map({scenario: .[0].scenario, runs: length, clients: (map(.connected) | min), missed: .[0].pushes,
+      rec_true: (map(.recovered_true) | min), rec_false: (map(.recovered_false) | max),
+      lost: (map(.lost) | max), extra: (map(.extra) | max), dups: (map(.offset_dups) | max),
+      gaps: (map(.offset_gaps) | max), ooo: (map(.out_of_order) | max),
+      failed: (map(.reconnect_failures | [.[]] | add // 0) | max),
+      storm_s: (map(.storm_s) | med | r2), p50: (map(.recover_ms_p50) | med | r0), p99: (map(.recover_ms_p99) | med | r0),
+      cpu_s: (map(.server_cpu_s_storm) | med | r2), cpu_pct: (map(.server_cpu_pct_storm) | med),
+      us_frame: (map(if .received > 0 and .server_cpu_s_storm != null then .server_cpu_s_storm / .received * 1e6 else null end) | med | r2),
+      gen: (map(.gen_cpu_pct_storm) | med), other: (map(.others_cpu_pct_storm) | med),
+      redis: (map(. as $r | $redis["\($r.scenario):\($r.run)"]) | med)})' "$RAW")
+HAVE_RECOVERY=$(jq -s 'map(select(.scenario | startswith("recovery-"))) | length > 0' "$RAW")
+HAVE_HEADLINE=$(jq -s 'map(select(.scenario | startswith("recovery-") | not)) | length > 0' "$RAW")
 # Cluster cases, per mode and shape: both generators' latencies, the servers' CPU per
 # frame over all frames of both generators (one node serves both in embedded mode,
 # each generator's node in redis mode), and Redis's own CPU.
@@ -83,6 +103,10 @@ Produced by \`bench/run.sh\` (wsfan load generator and Node + ws peer from
 - file-descriptor hard limit $(ulimit -Hn); load generator, server and Node peer on the same machine (loopback)
 - scenecast $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?") ($(basename "$BIN"), release build); $(node --version 2>/dev/null | sed 's/^/Node /' || echo "no Node")
 
+EOF
+
+if [[ $HAVE_HEADLINE == true ]]; then
+cat <<EOF
 ## Headline: scenecast vs the Node peer, same session
 
 | figure | scenecast | Node + ws | scenecast / Node |
@@ -140,3 +164,58 @@ full or nothing moved for 2 s: \`slow_consumers_closed\` is
 \`scenecast_slow_consumers_closed_total\` after the run. The Node peer keeps every
 stalled socket and everything pushed to it since.
 EOF
+fi
+
+if [[ $HAVE_RECOVERY == true ]]; then
+# Ratios from the unrounded medians; the table shows them rounded to 0.01 µs.
+off=$(get recovery-off scenecast us_frame_x); on=$(get recovery-on scenecast us_frame_x)
+env=$(get recovery-envelope scenecast us_frame_x); peer=$(get recovery-on node us_frame_x)
+soff=$(get recovery-spaced-off scenecast us_frame_x); son=$(get recovery-spaced-on scenecast us_frame_x)
+senv=$(get recovery-spaced-envelope scenecast us_frame_x); speer=$(get recovery-spaced-on node us_frame_x)
+r2() { awk -v a="$1" 'BEGIN { if (a ~ /^[0-9.eE+-]+$/) printf "%.2f", a; else printf "–" }'; }
+cat <<EOF
+
+## Recovery: what the history costs, the envelope path, and a recovery storm
+
+10,000 clients on /home, 200 HTTP pushes 5 ms apart (the \`fanout\` case, where a
+worker that falls behind batches pushes into one write, so its CPU per frame follows how
+stretched the push phase was), then 40 pushes 250 ms apart (the \`latency\` case, one
+frame per write); one fresh server per run. \`off\`: \`[history] size = 0\`; \`on\`: the default history (1000);
+\`envelope\`: history on and every client connected with \`recover=1\` (welcome frame,
+pushes as \`{"type":"push","offset":..,"data":..}\`). Server CPU per delivered frame.
+
+| figure | value | bound |
+|---|---|---|
+| raw clients, history off: server CPU per frame (µs) | $(r2 "$off") | |
+| raw clients, history on: server CPU per frame (µs) | $(r2 "$on") | |
+| history on / off, raw clients | $(ratio "$on" "$off") | ≤ 1.10 |
+| recover=1 clients (envelopes): server CPU per frame (µs) | $(r2 "$env") | |
+| envelope / raw (history on) | $(ratio "$env" "$on") | ≤ 1.5 |
+| Node + ws peer, same case, same session: CPU per frame (µs) | $(r2 "$peer") | |
+| scenecast raw (history on) / Node | $(ratio "$on" "$peer") | |
+| lost: off / on / envelope / Node (worst run) | $(get recovery-off scenecast lost) / $(get recovery-on scenecast lost) / $(get recovery-envelope scenecast lost) / $(get recovery-on node lost) | 0 |
+| latency p99 ms: off / on / envelope / Node | $(get recovery-off scenecast p99) / $(get recovery-on scenecast p99) / $(get recovery-envelope scenecast p99) / $(get recovery-on node p99) | |
+| **40 pushes 250 ms apart**: raw, history off: CPU per frame (µs) | $(r2 "$soff") | |
+| same, raw, history on (µs) | $(r2 "$son") | |
+| history on / off, raw clients | $(ratio "$son" "$soff") | ≤ 1.10 |
+| same, recover=1 clients (µs) | $(r2 "$senv") | |
+| envelope / raw (history on) | $(ratio "$senv" "$son") | ≤ 1.5 |
+| Node + ws peer (µs) | $(r2 "$speer") | |
+| lost: off / on / envelope / Node (worst run) | $(get recovery-spaced-off scenecast lost) / $(get recovery-spaced-on scenecast lost) / $(get recovery-spaced-envelope scenecast lost) / $(get recovery-spaced-on node lost) | 0 |
+| latency p50 / p99 ms: off; on; envelope; Node | $(get recovery-spaced-off scenecast p50) / $(get recovery-spaced-off scenecast p99); $(get recovery-spaced-on scenecast p50) / $(get recovery-spaced-on scenecast p99); $(get recovery-spaced-envelope scenecast p50) / $(get recovery-spaced-envelope scenecast p99); $(get recovery-spaced-on node p50) / $(get recovery-spaced-on node p99) | |
+
+### Recovery storm
+
+$(jq -r '.[0].clients // "–"' <<<"$STORM") \`recover=1\` clients on /home drop their sockets at once (no close frame),
+$(jq -r '.[0].missed // "–"' <<<"$STORM") pushes to /home are made while they are away, then all reconnect at once with
+\`epoch\`, \`since\` and \`prev\` (1,000 handshakes in flight). Each must get exactly the pushes it
+missed, in order, then \`recovered:true\` with \`replayed\` = that count. "storm" is the time from
+the release of the reconnects to the last \`recovered\` frame; server CPU is over that time
+(embedded: the one node; redis: the node the clients came back to, which replays from
+Redis; the clients first connected to the other node). Counts are the worst run.
+
+| case | runs | clients | recovered true / false | lost | duplicates | out of order | reconnect failures | storm s | per client p50 / p99 ms | server CPU s | server CPU % | µs per replayed frame | redis-server CPU s | wsfan CPU % | other load % |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+$(jq -r '.[] | "| \(.scenario | ltrimstr("recovery-storm-")) | \(.runs) | \(.clients) | \(.rec_true) / \(.rec_false) | \(.lost) | \(.extra) (offsets \(.dups)) | \(.ooo) | \(.failed) | \(.storm_s) | \(.p50) / \(.p99) | \(.cpu_s) | \(.cpu_pct) | \(.us_frame) | \(.redis // "–") | \(.gen) | \(.other) |"' <<<"$STORM")
+EOF
+fi

@@ -4,7 +4,7 @@
 # Writes bench/results/YYYY-MM-DD.md (medians of $RUNS runs) and the raw wsfan JSON
 # beside it (.jsonl).
 #
-#   bench/run.sh                        # everything, 3 runs each (~20 min on 2 cores)
+#   bench/run.sh                        # everything, 3 runs each (~25 min on 2 cores)
 #   RUNS=1 SCENARIOS="idle latency" bench/run.sh
 #
 # Environment:
@@ -12,7 +12,8 @@
 #   NODE_PEER_DIR  Node + ws peer           (default bench/node-ws-peer)
 #   SCENECAST_BIN  server binary to measure (default: cargo build --release)
 #   RUNS           runs per case            (default 3)
-#   SCENARIOS      subset of: idle fanout latency small max text slow cluster
+#   SCENARIOS      subset of: idle fanout latency small max text slow cluster recovery
+#                  (recovery alone: OUT=bench/results/DATE-recovery.md SCENARIOS=recovery)
 #   PEER           0 to skip the Node peer (e.g. to measure an older scenecast build)
 #   OUT            results file             (default bench/results/$(date +%F).md)
 #
@@ -24,7 +25,7 @@ cd "$ROOT"
 WSFAN_DIR=${WSFAN_DIR:-$ROOT/bench/wsfan}
 NODE_PEER_DIR=${NODE_PEER_DIR:-$ROOT/bench/node-ws-peer}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster}
+SCENARIOS=${SCENARIOS:-idle fanout latency small max text slow cluster recovery}
 OUT=${OUT:-$ROOT/bench/results/$(date +%F).md}
 RAW=${OUT%.md}.jsonl
 WORK=$(mktemp -d)
@@ -240,6 +241,89 @@ run_cluster() {
         [[ $b_pid != "$a_pid" ]] && { SERVER_PID=$b_pid; stop_server; }
       done
     done
+  done
+  kill "$redis_pid" 2>/dev/null || true
+  reap "$redis_pid"
+}
+
+# Recovery (README "Recovery"), per run:
+#  - recovery-off / recovery-on: the fanout case (10k raw clients, 200 HTTP pushes 5 ms
+#    apart) with [history] size = 0 and with the default history: what keeping the
+#    history costs connections that do not use it; the Node peer runs the same case;
+#  - recovery-envelope: the same with recover=1 clients (welcome, push envelopes);
+#  - recovery-spaced-{off,on,envelope}: the same three with 40 pushes 250 ms apart (the
+#    latency case: one frame per write, no batching), Node peer included;
+#  - recovery-storm-embedded: 10k recover=1 clients drop their sockets at once, 50
+#    pushes are made while they are away, all reconnect at once with their positions;
+#  - recovery-storm-redis: the same on two nodes sharing a Redis, the clients
+#    connecting to the first and coming back to the second (history in Redis);
+#    STORM_REDIS=0 skips it. STORM_CLIENTS / STORM_MISSED change 10000 / 50.
+#  Subsets: RECOVERY_SHAPES="fanout spaced", RECOVERY_VARIANTS="off on envelope", STORM=0.
+STORM_CLIENTS=${STORM_CLIENTS:-10000}
+STORM_MISSED=${STORM_MISSED:-50}
+storm_run() { # scenario reconnect_port [wsfan args...]
+  local scenario=$1 reconnect_port=$2; shift 2
+  wsfan_run "$scenario" scenecast "$STORM_CLIENTS" --storm \
+    --reconnect-url "ws://127.0.0.1:$reconnect_port/?page={page}&token=$CLIENT_TOKEN" \
+    --trigger http --trigger-target "$(trigger_url scenecast pushHomeLogic)" --target page:home \
+    -m "$STORM_MISSED" --connect-deadline-s 120 --drain-timeout-s 120 "$@"
+}
+run_recovery() {
+  for RUN in $(seq "$RUNS"); do
+    local variant shape
+    for shape in ${RECOVERY_SHAPES:-fanout spaced}; do
+      local push_args=(-m 200 --interval-ms 5)
+      if [[ $shape == spaced ]]; then shape=spaced-; push_args=(-m 40 --interval-ms 250); else shape=; fi
+      for variant in ${RECOVERY_VARIANTS:-off on envelope}; do
+        local env=() extra=()
+        [[ $variant == off ]] && env=(SCENECAST__HISTORY__SIZE=0)
+        [[ $variant == envelope ]] && extra=(--recover)
+        start_server scenecast "${env[@]}"
+        log "recovery-$shape$variant: scenecast, run $RUN"
+        wsfan_run "recovery-$shape$variant" scenecast 10000 --trigger http \
+          --trigger-target "$(trigger_url scenecast pushHomeLogic)" --target page:home \
+          "${push_args[@]}" "${extra[@]}"
+        stop_server
+      done
+      if $HAVE_NODE && [[ ${PEER:-1} != 0 ]]; then
+        start_server node
+        log "recovery-${shape}on: node, run $RUN"
+        wsfan_run "recovery-${shape}on" node 10000 --trigger http \
+          --trigger-target "$(trigger_url node pushHomeLogic)" --target page:home "${push_args[@]}"
+        stop_server
+      fi
+    done
+    [[ ${STORM:-1} == 0 ]] && continue
+    start_server scenecast
+    log "recovery-storm-embedded: run $RUN"
+    storm_run recovery-storm-embedded "$HTTP_PORT"
+    stop_server
+  done
+  [[ ${STORM:-1} == 0 || ${STORM_REDIS:-1} == 0 ]] && { log "recovery-storm-redis: skipped (STORM_REDIS=0)"; return 0; }
+  command -v redis-server >/dev/null || { log "recovery-storm-redis: no redis-server: not available"; return 0; }
+  local redis_port; redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+  local redis_pid=$!; PIDS+=("$redis_pid")
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for RUN in $(seq "$RUNS"); do
+    local env_redis=(SCENECAST__REDIS__URL=redis://127.0.0.1:$redis_port/ SCENECAST__REDIS__PREFIX=storm$RANDOM)
+    start_server scenecast "${env_redis[@]}" SCENECAST__SERVER__NODE_ID=storm-a
+    local a_pid=$SERVER_PID a_port=$HTTP_PORT
+    start_server scenecast "${env_redis[@]}" SCENECAST__SERVER__NODE_ID=storm-b
+    local b_pid=$SERVER_PID b_port=$HTTP_PORT
+    for _ in $(seq 50); do
+      curl -s "http://127.0.0.1:$a_port/healthz" | grep -q '"redis":true' &&
+        curl -s "http://127.0.0.1:$b_port/healthz" | grep -q '"redis":true' && break
+      sleep 0.1
+    done
+    local redis_cpu0; redis_cpu0=$(cpu_ticks "$redis_pid")
+    log "recovery-storm-redis: run $RUN (connect to node a, come back to node b)"
+    # Clients and pushes on node a; the reconnects, and the measured CPU, on node b.
+    HTTP_PORT=$a_port SERVER_PID=$b_pid storm_run recovery-storm-redis "$b_port"
+    local redis_ticks=$(( $(cpu_ticks "$redis_pid") - redis_cpu0 ))
+    echo "{\"scenario\":\"recovery-storm-redis-extra\",\"server\":\"redis-server\",\"run\":$RUN,\"redis_cpu_s\":$(awk -v t="$redis_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')}" >>"$RAW"
+    SERVER_PID=$b_pid; stop_server
+    SERVER_PID=$a_pid; stop_server
   done
   kill "$redis_pid" 2>/dev/null || true
   reap "$redis_pid"

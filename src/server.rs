@@ -315,6 +315,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             let app = App::new()
                 .app_data(app_state.clone())
                 .configure(ingress::http::routes)
+                .configure(crate::pusher::api::routes)
                 .configure(ops::routes)
                 .configure(crate::web::routes)
                 .default_service(web::to(ops::not_found));

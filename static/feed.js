@@ -86,6 +86,21 @@
     if (!everOpen && e.detail.attempt >= 3) unreachable.hidden = false;
   });
   client.addEventListener('message', function (e) { add(e.detail.data); });
+  // After a reconnect: say what the server replayed, or that the feed may have a hole
+  // (the server's history no longer covers the time away, or it restarted). The
+  // warning stays until a reload: the lost messages stay lost.
+  var recoveredNote = document.getElementById('recovered');
+  var missedNote = document.getElementById('missed');
+  client.addEventListener('recovered', function (e) {
+    if (!e.detail.recovered) {
+      missedNote.hidden = false;
+      recoveredNote.hidden = true;
+      return;
+    }
+    var n = e.detail.replayed;
+    recoveredNote.textContent = n + (n === 1 ? ' missed message recovered' : ' missed messages recovered');
+    recoveredNote.hidden = n === 0;
+  });
   showState(client.state);
   window.scenecastClient = client;
 })();

@@ -92,11 +92,13 @@ struct Shared {
 /// host's clock or a forged envelope; it is not put in the histogram.
 const MAX_PLAUSIBLE_LATENCY_MICROS: u64 = 3_600_000_000;
 
-/// Messages the hand-off dropped, and when the last one was.
+/// Messages the hand-off dropped, and when the last one was; and how many wait in
+/// it now.
 #[derive(Default)]
 struct Dropped {
     total: AtomicU64,
     last_micros: AtomicU64,
+    queued: AtomicU64,
 }
 
 /// A task the node cannot work without, by name (see `server`'s supervisor).
@@ -252,6 +254,7 @@ impl RedisBus {
                 .arg(&shared.channel)
                 .arg(push.event.as_deref().unwrap_or_default())
                 .arg(push.user_id.as_deref().unwrap_or_default());
+            shared.floor_args(&mut script);
             let published = shared
                 .commands
                 .query::<(String, u64, usize, usize, usize, i64)>(&script)
@@ -325,6 +328,7 @@ impl RedisBus {
             .arg(since.map(|s| epoch_text(s.epoch)).unwrap_or_default())
             .arg(since.map(|s| s.offset.to_string()).unwrap_or_default())
             .arg(shared.history.ttl_secs.saturating_mul(1000));
+        shared.floor_args(&mut script);
         let failed = |reason: String| LinkDown {
             link: "commands",
             since: unix_micros() / 1_000_000,
@@ -358,7 +362,13 @@ fn handoff(
 ) -> (crate::redis::link::PushHandler, mpsc::Receiver<PushInfo>) {
     let (queue, received) = mpsc::channel::<PushInfo>(capacity);
     let handler = move |info: PushInfo| {
-        if info.kind == PushKind::Message && queue.try_send(info).is_err() {
+        if info.kind != PushKind::Message {
+            return;
+        }
+        // Counted before it can be taken, so the count never goes below zero.
+        dropped.queued.fetch_add(1, Ordering::Relaxed);
+        if queue.try_send(info).is_err() {
+            dropped.queued.fetch_sub(1, Ordering::Relaxed);
             dropped.total.fetch_add(1, Ordering::Relaxed);
             dropped.last_micros.store(unix_micros(), Ordering::Relaxed);
             metrics.bus_dropped.inc();
@@ -374,6 +384,17 @@ fn handoff(
 }
 
 impl Shared {
+    /// Adds the scripts' last two arguments: the newest position this node had from
+    /// Redis (epoch text, offset), or two empty strings before any. A Redis whose
+    /// offset is lower in that epoch went back in time (`crate::history::redis`).
+    fn floor_args(&self, script: &mut redis::Cmd) {
+        let floor = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match floor {
+            Some(floor) => script.arg(epoch_text(floor.epoch)).arg(floor.offset),
+            None => script.arg("").arg(""),
+        };
+    }
+
     /// Takes the position of an envelope this node's subscription delivered; true
     /// when pushes before it never arrived here: an offset hole in the same epoch,
     /// or a new epoch (Redis lost the history).
@@ -409,6 +430,13 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// Whether `head`, read from Redis, is below what this node already had in the
+    /// same epoch: Redis went back in time (see `crate::history::redis`).
+    fn went_back(&self, head: Stamp) -> bool {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|l| l.epoch == head.epoch && head.offset < l.offset)
     }
 
     /// Whether the subscription is behind `head`, a head read a while ago: the
@@ -471,7 +499,8 @@ impl Shared {
 }
 
 /// Reads the history's head every [`HOLE_CHECK`] and, one period later, checks
-/// that the subscription delivered up to it: pushes published while this node's
+/// that the subscription delivered up to it (skipped while messages wait in the
+/// hand-off: a node that is behind is not missing anything yet): pushes published while this node's
 /// subscription was down (and none after them) would otherwise go unnoticed until
 /// the next push, leaving its recover connections silently behind. A critical task.
 async fn watch_holes(shared: Arc<Shared>) {
@@ -480,8 +509,11 @@ async fn watch_holes(shared: Arc<Shared>) {
     let mut previous: Option<Stamp> = None;
     loop {
         tick.tick().await;
-        if !(shared.link.is_up() && shared.commands.is_up()) {
-            // Down: compare again from a head read once both are back.
+        let behind_here = shared.dropped.queued.load(Ordering::Relaxed) > 0;
+        if !(shared.link.is_up() && shared.commands.is_up()) || behind_here {
+            // Down: compare again from a head read once both are back. Messages
+            // waiting in the hand-off: this node is slow, not holed (a hole shows
+            // as an offset gap when they are taken).
             previous = None;
             continue;
         }
@@ -500,7 +532,19 @@ async fn watch_holes(shared: Arc<Shared>) {
             .await
             && let Some(epoch) = parse_epoch(&epoch)
         {
-            previous = Some(Stamp { epoch, offset });
+            let head = Stamp { epoch, offset };
+            if shared.went_back(head) {
+                // Redis went back in time and nobody has published or reconnected
+                // since: a read (with this node's floor) starts the new epoch now and
+                // sends this node's recover connections to resume.
+                let _ = (RedisBus {
+                    shared: shared.clone(),
+                })
+                .read_history(None)
+                .await;
+                continue;
+            }
+            previous = Some(head);
         }
     }
 }
@@ -509,6 +553,7 @@ async fn watch_holes(shared: Arc<Shared>) {
 /// this node's fan-out. A critical task.
 async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
     while let Some(info) = received.recv().await {
+        shared.dropped.queued.fetch_sub(1, Ordering::Relaxed);
         // A `message` push is [channel, payload]; anything else is not ours.
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
             (info.data.first(), info.data.get(1))

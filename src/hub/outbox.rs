@@ -1008,6 +1008,27 @@ mod tests {
     }
 
     #[test]
+    fn a_hole_found_during_the_hold_sends_nothing_held() {
+        let outbox = Outbox::for_conn(1 << 20, 0, 1, true);
+        outbox.offer_push(stamp(5), &frame::text("5"));
+        let floor = Stamp {
+            epoch: 9,
+            offset: 4,
+        };
+        assert_eq!(outbox.release_unless(floor, || true), None);
+        assert!(outbox.is_holding(), "still holding: its caller closes it");
+        outbox.close_with(1012, frame::close(1012, "reconnect"));
+        let sent = texts(&outbox);
+        assert_eq!(sent.len(), 1, "only the close frame: {sent:?}");
+        assert!(sent[0].ends_with("reconnect"));
+        let fresh = Outbox::for_conn(1 << 20, 0, 2, true);
+        fresh.offer_push(stamp(5), &frame::text("5"));
+        assert_eq!(fresh.release_unless(floor, || false), Some(1));
+        assert!(!fresh.is_holding());
+        assert_eq!(texts(&fresh), ["5"]);
+    }
+
+    #[test]
     fn a_hold_past_the_queue_limit_is_a_slow_consumer() {
         let one = frame::text("0123456789");
         let outbox = Outbox::for_conn(2 * (one.len() + FRAME_OVERHEAD), 0, 1, true);

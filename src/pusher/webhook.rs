@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use std::sync::atomic::AtomicUsize;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::apps::{PusherApp, WebhookTarget};
@@ -164,6 +166,19 @@ struct AppHooks {
 pub struct WebhookSender {
     queue: mpsc::Sender<(Arc<str>, WebhookEvent)>,
     stats: Arc<WebhookStats>,
+    idle: Arc<Idle>,
+}
+
+/// What [`WebhookSender::flush`] waits for: no event queued or batched, no
+/// delivery in flight.
+struct Idle {
+    /// Events accepted and not yet handed to a delivery (or discarded).
+    unsent: AtomicUsize,
+    /// Delivery slots; all free = nothing in flight.
+    slots: Arc<Semaphore>,
+    parallel: usize,
+    /// Asks the batching task to send what it holds now.
+    now: Notify,
 }
 
 impl WebhookSender {
@@ -185,19 +200,27 @@ impl WebhookSender {
             .collect();
         let (queue, rx) = mpsc::channel(options.queue.max(1));
         let stats = Arc::new(WebhookStats::default());
+        let idle = Arc::new(Idle {
+            unsent: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(options.parallel.max(1))),
+            parallel: options.parallel.max(1),
+            now: Notify::new(),
+        });
         let client = reqwest::Client::builder()
             .timeout(options.timeout)
             .build()?;
-        tokio::spawn(run(rx, hooks, options, client, stats.clone()));
-        Ok(Self { queue, stats })
+        tokio::spawn(run(rx, hooks, options, client, stats.clone(), idle.clone()));
+        Ok(Self { queue, stats, idle })
     }
 
     /// Queues `event` for app `app_id`; never waits. `false` when the queue is full
     /// (the event is dropped and counted in [`WebhookStats::dropped`]).
     pub fn send(&self, app_id: &str, event: WebhookEvent) -> bool {
+        self.idle.unsent.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send((Arc::from(app_id), event)) {
             Ok(()) => true,
             Err(_) => {
+                self.idle.unsent.fetch_sub(1, Ordering::Relaxed);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -206,6 +229,24 @@ impl WebhookSender {
 
     pub fn stats(&self) -> &WebhookStats {
         &self.stats
+    }
+
+    /// Sends what is batched now and waits until nothing is queued or in flight
+    /// (a graceful stop), `within` at most. False when time ran out.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            self.idle.now.notify_one();
+            if self.idle.unsent.load(Ordering::Relaxed) == 0
+                && self.idle.slots.available_permits() == self.idle.parallel
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -216,8 +257,9 @@ async fn run(
     options: WebhookOptions,
     client: reqwest::Client,
     stats: Arc<WebhookStats>,
+    idle: Arc<Idle>,
 ) {
-    let slots = Arc::new(Semaphore::new(options.parallel.max(1)));
+    let slots = idle.slots.clone();
     let mut pending: HashMap<Arc<str>, (Instant, Vec<WebhookEvent>)> = HashMap::new();
     let batch_max = options.batch_max.max(1);
     loop {
@@ -225,27 +267,35 @@ async fn run(
             .values()
             .map(|(since, _)| *since + options.batch_wait)
             .min();
+        let mut flush = false;
         let received = match due {
             Some(due) => tokio::select! {
                 next = rx.recv() => Some(next),
                 () = tokio::time::sleep_until(due) => None,
+                () = idle.now.notified() => { flush = true; None }
             },
-            None => Some(rx.recv().await),
+            None => tokio::select! {
+                next = rx.recv() => Some(next),
+                () = idle.now.notified() => { flush = true; None }
+            },
         };
         let closed = matches!(received, Some(None));
-        if let Some(Some((app, event))) = received
-            && hooks.contains_key(&app)
-        {
-            let batch = pending
-                .entry(app)
-                .or_insert_with(|| (Instant::now(), Vec::new()));
-            batch.1.push(event);
+        if let Some(Some((app, event))) = received {
+            if hooks.contains_key(&app) {
+                let batch = pending
+                    .entry(app)
+                    .or_insert_with(|| (Instant::now(), Vec::new()));
+                batch.1.push(event);
+            } else {
+                // An app without webhooks: nothing to send.
+                idle.unsent.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         let now = Instant::now();
         let ready: Vec<Arc<str>> = pending
             .iter()
             .filter(|(_, (since, events))| {
-                closed || events.len() >= batch_max || now >= *since + options.batch_wait
+                closed || flush || events.len() >= batch_max || now >= *since + options.batch_wait
             })
             .map(|(app, _)| app.clone())
             .collect();
@@ -277,6 +327,8 @@ async fn run(
                     drop(slot);
                 });
             }
+            // Handed over (their deliveries hold slots) or filtered out.
+            idle.unsent.fetch_sub(events.len(), Ordering::Relaxed);
         }
         if closed {
             return;

@@ -5,7 +5,7 @@
 // {"op", "error", "status"?, "body"?}. Ops: authorizeChannel {socketId, channel,
 // presence?}, authenticateUser {socketId, user}, trigger {channels, event, data,
 // params?}, triggerBatch {batch}, get {path, params?}, post {path, body},
-// terminateUserConnections {userId}, webhook {headers, body} → isValid().
+// sendToUser {userId, event, data}, terminateUserConnections {userId}, webhook {headers, body} → isValid().
 const Pusher = require('pusher');
 const a = JSON.parse(process.argv[2]);
 const pusher = new Pusher({
@@ -25,6 +25,7 @@ const reply = async (res) => ({ status: res.status, body: await res.text() });
         case 'triggerBatch': result = await reply(await pusher.triggerBatch(op.batch)); break;
         case 'get': result = await reply(await pusher.get({ path: op.path, params: op.params || {} })); break;
         case 'post': result = await reply(await pusher.post({ path: op.path, body: op.body })); break;
+        case 'sendToUser': result = await reply(await pusher.sendToUser(op.userId, op.event, op.data)); break;
         case 'terminateUserConnections': result = await reply(await pusher.terminateUserConnections(op.userId)); break;
         case 'webhook': result = pusher.webhook({ headers: op.headers, rawBody: op.body }).isValid(); break;
         default: throw new Error('unknown op ' + op.op);

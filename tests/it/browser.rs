@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::chrome::Tab;
-use crate::common::{API_TOKEN, CLIENT_TOKEN, Chrome, Node};
+use crate::common::{API_TOKEN, CLIENT_TOKEN, Chrome, Node, Proxy, RedisServer, TestServer};
 
 /// The whole flow must finish within this, or the test fails (and its drop guards
 /// kill Chromium, chromedriver and the server).
@@ -148,6 +148,19 @@ async fn flow() {
     server.wait_status("ok").await;
     wait_state(&chrome, &home, "home", "open").await;
     wait_state(&chrome, &list, "list", "open").await;
+    // The restarted server has a new history (a new epoch): it cannot tell what the
+    // pages missed, and they say so.
+    for tab in [&home, &list] {
+        chrome.switch_to(tab).await;
+        chrome
+            .wait_for(
+                "the page says messages may have been missed",
+                "return !document.getElementById('missed').hidden \
+                 && document.getElementById('recovered').hidden;",
+                json!([]),
+            )
+            .await;
+    }
 
     let result = back_action(&chrome, &back, "button[data-scene='pushHomeLogic']", 3).await;
     assert_eq!(result, "delivered: 1");
@@ -249,4 +262,292 @@ async fn flow() {
 
     chrome.quit().await;
     drop(server);
+}
+
+/// Every entry's text on the feed in `tab`, oldest first (the feed shows newest first).
+async fn entries_oldest_first(chrome: &Chrome, tab: &Tab) -> Vec<String> {
+    chrome.switch_to(tab).await;
+    let texts = chrome
+        .js(
+            "return Array.from(document.querySelectorAll('#feed .entry .entry-text'), \
+             function (e) { return e.textContent; }).reverse();",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(texts).unwrap_or_default()
+}
+
+/// The visible text of the element `id` in the current tab, or `None` while hidden.
+async fn shown_text(chrome: &Chrome, id: &str) -> Option<String> {
+    let text = chrome
+        .js(
+            "var e = document.getElementById(arguments[0]); \
+             return e && !e.hidden ? e.textContent.replace(/\\s+/g, ' ').trim() : null;",
+            json!([id]),
+        )
+        .await;
+    text.as_str().map(str::to_string)
+}
+
+/// Pushes `{"code":200,"message":text}` to page home straight to the server.
+async fn push_home(server: &TestServer, text: &str) {
+    let body = json!({"page": "home", "message": {"code": 200, "message": text}});
+    let (status, reply) = server.api_push(&body.to_string()).await;
+    assert_eq!(status, 200, "push {text}: {reply}");
+}
+
+/// Pushes to page home for everyone but the connection `conn` (what a back office
+/// does with the id a page sent it along with a change it made).
+async fn push_home_excluding(server: &TestServer, conn: &str, text: &str) {
+    let body = json!({"page": "home", "exclude": conn, "message": {"code": 200, "message": text}});
+    let (status, reply) = server.api_push(&body.to_string()).await;
+    assert_eq!(status, 200, "push {text}: {reply}");
+}
+
+/// Opens /home through `proxy`, pushes `before`, cuts the page's connection (the
+/// server stays up), pushes `missed` while the page is away, lets it reconnect, then
+/// pushes a marker. Returns the feed (oldest first) once the marker shows, and the
+/// recovered / missed notices as they are then.
+async fn blip(
+    chrome: &mut Chrome,
+    server: &TestServer,
+    proxy: &Proxy,
+    before: &[&str],
+    missed: &[&str],
+) -> (Vec<String>, Option<String>, Option<String>) {
+    let home = chrome
+        .open_tab(&format!("http://{}/home?token={CLIENT_TOKEN}", proxy.addr))
+        .await;
+    wait_state(chrome, &home, "home", "open").await;
+    // The page connects with recover=1: its welcome frame is in once it has an id,
+    // the server's id for this connection, which a push can exclude.
+    let conn = chrome
+        .wait_for(
+            "/home knows its connection id",
+            "return window.scenecastClient.conn;",
+            json!([]),
+        )
+        .await;
+    let conn = conn.as_str().unwrap_or_default().to_string();
+    let (node, local) = conn.split_once('.').unwrap_or_default();
+    assert!(
+        !node.is_empty()
+            && !local.is_empty()
+            && (node.chars().chain(local.chars())).all(|c| c.is_ascii_digit()),
+        "a connection id is node.local: {conn:?}"
+    );
+    push_home_excluding(server, &conn, "not for the page that acted").await;
+    for (n, text) in before.iter().enumerate() {
+        push_home(server, text).await;
+        assert_eq!(newest_entry(chrome, &home, "home", n + 1).await, *text);
+    }
+    // Nothing to say on a first connect.
+    assert_eq!(shown_text(chrome, "recovered").await, None);
+    assert_eq!(shown_text(chrome, "missed").await, None);
+
+    proxy.cut();
+    wait_not_open(chrome, &home, "home").await;
+    crate::common::eventually("the server sees the page gone", || async {
+        (server.connections("page=home").await == 0).then_some(())
+    })
+    .await;
+    // While away: one push that excludes the page's old connection (it reconnects
+    // with `prev` = that id, so the replay skips it), and the ones it missed.
+    push_home_excluding(server, &conn, "not for the page that acted, while away").await;
+    for text in missed {
+        push_home(server, text).await;
+    }
+    proxy.reopen();
+    wait_state(chrome, &home, "home", "open").await;
+
+    // A marker pushed after the reconnect: once it shows, everything before it has.
+    let marker = "after the reconnect";
+    crate::common::eventually("the page is back on the server", || async {
+        (server.connections("page=home").await == 1).then_some(())
+    })
+    .await;
+    push_home(server, marker).await;
+    chrome
+        .wait_for(
+            "/home shows the marker pushed after the reconnect",
+            "var e = document.querySelector('#feed .entry .entry-text'); \
+             return e && e.textContent === arguments[0];",
+            json!([marker]),
+        )
+        .await;
+    let feed = entries_oldest_first(chrome, &home).await;
+    let recovered = shown_text(chrome, "recovered").await;
+    let missed_note = shown_text(chrome, "missed").await;
+    (feed, recovered, missed_note)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_page_recovers_what_was_pushed_while_its_connection_was_cut() {
+    match tokio::time::timeout(TEST_BOUND, recovery_flow()).await {
+        Ok(()) => {}
+        Err(_) => panic!("the recovery flow did not finish within {TEST_BOUND:?}"),
+    }
+}
+
+async fn recovery_flow() {
+    let mut chrome = Chrome::start().await;
+
+    // The default history (1000 pushes) covers the three pushed while away: the page
+    // shows every push once, in order, and says it recovered three.
+    let server = TestServer::start(|_| {}).await;
+    let proxy = Proxy::start(server.addr).await;
+    let (feed, recovered, missed) = blip(
+        &mut chrome,
+        &server,
+        &proxy,
+        &["before 1", "before 2"],
+        &["missed 1", "missed 2", "missed 3"],
+    )
+    .await;
+    assert_eq!(
+        feed,
+        [
+            "before 1",
+            "before 2",
+            "missed 1",
+            "missed 2",
+            "missed 3",
+            "after the reconnect"
+        ],
+        "every push once, in order"
+    );
+    assert_eq!(recovered.as_deref(), Some("3 missed messages recovered"));
+    assert_eq!(missed, None);
+    drop(proxy);
+    server.stop().await;
+
+    // A history of one push cannot cover three: nothing is replayed (never a partial
+    // replay) and the page says messages may have been missed, with a reload link.
+    let server = TestServer::start(|s| s.history.size = 1).await;
+    let proxy = Proxy::start(server.addr).await;
+    let (feed, recovered, missed) = blip(
+        &mut chrome,
+        &server,
+        &proxy,
+        &["before 1"],
+        &["missed 1", "missed 2", "missed 3"],
+    )
+    .await;
+    assert_eq!(feed, ["before 1", "after the reconnect"]);
+    assert_eq!(recovered, None);
+    assert_eq!(
+        missed.as_deref(),
+        Some("Some messages may have been missed — reload")
+    );
+    let reload = chrome
+        .js(
+            "var a = document.querySelector('#missed a'); return a ? a.href : null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        reload,
+        format!("http://{}/home?token={CLIENT_TOKEN}", proxy.addr),
+        "the reload link opens the same page again"
+    );
+    let path = chrome.screenshot("home-missed").await;
+    assert!(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 1000);
+
+    chrome.quit().await;
+    drop(proxy);
+    server.stop().await;
+}
+
+/// Pushes `{"code":200,"message":text}` to page home through `node`'s JSON API.
+async fn push_home_via(node: &Node, text: &str) {
+    let reply = reqwest::Client::new()
+        .post(node.http_url("/api/push"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"page": "home", "message": {"code": 200, "message": text}}))
+        .send()
+        .await
+        .expect("push through the API");
+    assert_eq!(reply.status().as_u16(), 200, "push {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_page_comes_back_to_another_node_after_a_crash_with_what_it_missed() {
+    match tokio::time::timeout(TEST_BOUND, failover_flow()).await {
+        Ok(()) => {}
+        Err(_) => panic!("the failover flow did not finish within {TEST_BOUND:?}"),
+    }
+}
+
+/// Two nodes share a Redis; the page reaches node a through a proxy (a load
+/// balancer). Node a is SIGKILLed while the page is away, three pushes are made
+/// through node b, and the balancer sends the page's reconnect to node b, which
+/// replays them from the Redis history.
+async fn failover_flow() {
+    let redis = RedisServer::start();
+    let prefix = "browserfailover";
+    let mut a = Node::spawn("a", &redis.url(), prefix, 10, "");
+    let b = Node::spawn("b", &redis.url(), prefix, 10, "");
+    a.wait_status("ok").await;
+    b.wait_status("ok").await;
+    let balancer = Proxy::start(a.addr).await;
+    let mut chrome = Chrome::start().await;
+    let home = chrome
+        .open_tab(&format!(
+            "http://{}/home?token={CLIENT_TOKEN}",
+            balancer.addr
+        ))
+        .await;
+    wait_state(&chrome, &home, "home", "open").await;
+    chrome
+        .wait_for(
+            "/home knows its connection id",
+            "return typeof window.scenecastClient.conn === 'string';",
+            json!([]),
+        )
+        .await;
+    // Pushed through node b, delivered by node a.
+    push_home_via(&b, "before").await;
+    assert_eq!(newest_entry(&chrome, &home, "home", 1).await, "before");
+
+    balancer.cut();
+    a.kill();
+    wait_not_open(&chrome, &home, "home").await;
+    for text in ["missed 1", "missed 2", "missed 3"] {
+        push_home_via(&b, text).await;
+    }
+    balancer.redirect(b.addr);
+    balancer.reopen();
+    wait_state(&chrome, &home, "home", "open").await;
+    chrome
+        .wait_for(
+            "/home says what it recovered",
+            "var e = document.getElementById('recovered'); return !e.hidden && e.textContent;",
+            json!([]),
+        )
+        .await;
+    push_home_via(&b, "after the reconnect").await;
+    chrome
+        .wait_for(
+            "/home shows the marker pushed after the reconnect",
+            "var e = document.querySelector('#feed .entry .entry-text'); \
+             return e && e.textContent === arguments[0];",
+            json!(["after the reconnect"]),
+        )
+        .await;
+    assert_eq!(
+        entries_oldest_first(&chrome, &home).await,
+        [
+            "before",
+            "missed 1",
+            "missed 2",
+            "missed 3",
+            "after the reconnect"
+        ]
+    );
+    assert_eq!(
+        shown_text(&chrome, "recovered").await.as_deref(),
+        Some("3 missed messages recovered")
+    );
+    assert_eq!(shown_text(&chrome, "missed").await, None);
+    chrome.quit().await;
 }

@@ -11,6 +11,7 @@
 
 mod common;
 
+mod breaker;
 mod browser;
 mod caps;
 mod cluster;
@@ -25,7 +26,9 @@ mod ingress;
 mod pages;
 mod profiles;
 mod protocol;
+mod pusher_api;
 mod pusher_config;
+mod pusher_presence;
 mod pusher_protocol;
 mod pusher_sign;
 mod pusher_webhook;

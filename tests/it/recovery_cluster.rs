@@ -328,3 +328,25 @@ async fn a_node_that_missed_pushes_sends_its_clients_to_recover_them() {
     assert_eq!(seen, expected, "every push once, in order");
     assert!(reconnects >= 1, "the hole sent the client to recover");
 }
+
+/// `history.ttl_secs` in Redis: a position whose next push is older than the TTL
+/// is not covered, although the stream still holds the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_older_than_the_ttl_are_not_recovered() {
+    let redis = RedisServer::start();
+    let prefix = "sc-recover-ttl";
+    let a = Node::spawn("a", &redis.url(), prefix, 10, "[history]\nttl_secs = 2\n");
+    a.wait_status("ok").await;
+    let first = connect(&base(&a), "page=home", "").await;
+    first.ws.drop_abruptly();
+    push_ok(&a, json!({"page": "home", "message": "old"})).await;
+    let mut fresh = connect(&base(&a), "page=home", &resume(&first.epoch, &first.offset)).await;
+    assert_eq!(next_push(&mut fresh.ws).await.1, json!("old"));
+    assert_eq!(recovered(&mut fresh.ws).await, (true, 1), "within the TTL");
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let mut late = connect(&base(&a), "page=home", &resume(&first.epoch, &first.offset)).await;
+    assert_eq!(recovered(&mut late.ws).await, (false, 0), "past the TTL");
+    // A position after the expired push is still good.
+    let mut current = connect(&base(&a), "page=home", &resume(&late.epoch, &late.offset)).await;
+    assert_eq!(recovered(&mut current.ws).await, (true, 0));
+}

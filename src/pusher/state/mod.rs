@@ -209,6 +209,11 @@ pub trait MemberSink: Send + Sync + 'static {
         data: String,
         exclude: Option<ConnKey>,
     );
+
+    /// Events accepted and not yet published (a graceful stop waits for 0).
+    fn pending(&self) -> usize {
+        0
+    }
 }
 
 /// A state change decided once (per process in embedded mode, per cluster in
@@ -342,7 +347,7 @@ pub fn start(
 
 /// How long [`ChannelState::subscribe`] waits for Redis before answering with this
 /// node's view.
-pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(2);
+pub const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 
 impl ChannelState {
     /// The embedded state: one process, nothing stored elsewhere. `webhooks`:
@@ -480,11 +485,11 @@ impl ChannelState {
     /// presence channels).
     pub async fn channel(&self, app: &str, channel: &Channel) -> ChannelInfo {
         if let Some(cluster) = &self.inner.cluster {
-            if let Some(view) = cluster.view(app, channel).await {
+            if let Some((sockets, users)) = cluster.counts(app, channel).await {
                 return ChannelInfo {
-                    occupied: view.subscription_count > 0,
-                    subscription_count: view.subscription_count,
-                    user_count: view.presence.map(|p| p.members.len()),
+                    occupied: sockets > 0,
+                    subscription_count: sockets,
+                    user_count: channel.kind().is_presence().then_some(users),
                     cluster_wide: true,
                 };
             }
@@ -573,11 +578,25 @@ impl ChannelState {
         self.local().counts()
     }
 
-    /// Graceful stop: removes this node's entries (their transitions are carried out:
-    /// the others see the members leave and the channels vacate).
+    /// Graceful stop, after the connections closed: removes this node's entries
+    /// (their transitions are carried out: the others see the members leave and the
+    /// channels vacate), then waits until the member events are published and the
+    /// webhooks delivered (a few seconds at most).
     pub async fn shutdown(&self) {
         if let Some(cluster) = &self.inner.cluster {
             cluster.shutdown().await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Some(sink) = self.inner.effects.sink.get()
+            && sink.pending() > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(webhooks) = &self.inner.effects.webhooks
+            && !webhooks.flush(Duration::from_secs(3)).await
+        {
+            log::warn!("stopping with pusher webhooks still undelivered");
         }
     }
 }

@@ -164,6 +164,12 @@ end
 return out
 "#;
 
+/// The scripts every subscription and leave runs, sent by hash (`EVALSHA`): each
+/// resync loads them (`SCRIPT LOAD`), and a Redis that lost them (restarted) answers
+/// `NOSCRIPT`, which fails the write and so brings a resync.
+static SUBSCRIBE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SUBSCRIBE));
+static LEAVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&LEAVE));
+
 enum Op {
     Subscribe {
         app: Arc<str>,
@@ -262,14 +268,20 @@ impl RedisState {
         socket: ConnKey,
         member: Option<Member>,
     ) -> Option<Subscribed> {
+        // Redis is known down (or a resync is due): still queued, so that it is
+        // written in order, but nobody waits for an answer that would not come.
+        let waits = self.shared.link.is_up() && !self.shared.resync.load(Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.send(Op::Subscribe {
             app: app.into(),
             channel: channel.clone(),
             socket,
             member,
-            reply: Some(reply),
+            reply: waits.then_some(reply),
         });
+        if !waits {
+            return None;
+        }
         tokio::time::timeout(SUBSCRIBE_DEADLINE, answer)
             .await
             .ok()?
@@ -298,6 +310,15 @@ impl RedisState {
             subscription_count: sockets,
             cluster_wide: true,
         })
+    }
+
+    /// The channel's cluster-wide socket and user counts (two `HLEN`s, not the
+    /// member list); `None` when Redis does not answer.
+    pub(super) async fn counts(&self, app: &str, channel: &Channel) -> Option<(usize, usize)> {
+        let c = channel_key(&self.shared.base, app, channel);
+        let mut pipe = redis::pipe();
+        pipe.hlen(format!("{c}:socks")).hlen(format!("{c}:users"));
+        self.query("count a channel", &pipe).await
     }
 
     pub(super) async fn channels(&self, app: &str, prefix: &str) -> Option<Vec<ChannelSummary>> {
@@ -502,16 +523,18 @@ impl Worker {
         shutdown
     }
 
+    /// `members`: the reply lists the channel's members (someone waits for them).
     fn subscribe_cmd(
         &self,
         app: &str,
         channel: &Channel,
         socket: ConnKey,
         member: Option<&Member>,
+        members: bool,
     ) -> redis::Cmd {
         let (uid, info) = member.map_or(("", "null"), |m| (&*m.user_id, m.user_info.get()));
-        redis::cmd("EVAL")
-            .arg(SUBSCRIBE)
+        redis::cmd("EVALSHA")
+            .arg(SUBSCRIBE_SCRIPT.get_hash())
             .arg(0)
             .arg(&self.shared.base)
             .arg(app)
@@ -520,7 +543,7 @@ impl Worker {
             .arg(&self.shared.keys.node)
             .arg(uid)
             .arg(info)
-            .arg(if channel.kind().is_presence() {
+            .arg(if members && channel.kind().is_presence() {
                 "1"
             } else {
                 "0"
@@ -529,8 +552,8 @@ impl Worker {
     }
 
     fn leave_cmd(&self, app: &str, channel: &str, socket: &str) -> redis::Cmd {
-        redis::cmd("EVAL")
-            .arg(&*LEAVE)
+        redis::cmd("EVALSHA")
+            .arg(LEAVE_SCRIPT.get_hash())
             .arg(0)
             .arg(&self.shared.base)
             .arg(app)
@@ -558,7 +581,13 @@ impl Worker {
                     member,
                     reply,
                 } => {
-                    pipe.add_command(self.subscribe_cmd(&app, &channel, socket, member.as_ref()));
+                    pipe.add_command(self.subscribe_cmd(
+                        &app,
+                        &channel,
+                        socket,
+                        member.as_ref(),
+                        reply.is_some(),
+                    ));
                     written.push(Written::Subscribe {
                         app,
                         channel,
@@ -668,6 +697,10 @@ impl Worker {
                 "this node's liveness key is not written yet",
             )));
         }
+        let mut load = redis::pipe();
+        load.cmd("SCRIPT").arg("LOAD").arg(SUBSCRIBE).ignore();
+        load.cmd("SCRIPT").arg("LOAD").arg(&*LEAVE).ignore();
+        shared.link.query::<()>(&load).await?;
         let stored: HashSet<String> = shared
             .link
             .query(redis::cmd("SMEMBERS").arg(format!("{}:node:{node}", shared.base)))
@@ -732,7 +765,13 @@ impl Worker {
                     ..
                 } = op
                 {
-                    pipe.add_command(self.subscribe_cmd(app, channel, *socket, member.as_ref()));
+                    pipe.add_command(self.subscribe_cmd(
+                        app,
+                        channel,
+                        *socket,
+                        member.as_ref(),
+                        false,
+                    ));
                 }
             }
             let replies: Vec<redis::Value> = shared.link.query(&pipe).await?;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -30,6 +30,8 @@ struct Queued {
 pub struct PublisherSink {
     apps: HashMap<Arc<str>, Arc<PusherApp>>,
     queue: mpsc::Sender<Queued>,
+    /// Events queued and not yet published.
+    unsent: Arc<AtomicUsize>,
     /// Events dropped because the queue was full.
     pub dropped: AtomicU64,
 }
@@ -39,16 +41,18 @@ impl PublisherSink {
     /// dropped and counted).
     pub fn start(publisher: Publisher, settings: &PusherSettings) -> Arc<Self> {
         let (queue, mut rx) = mpsc::channel::<Queued>(QUEUE);
+        let unsent = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Handle::try_current();
+        let published = unsent.clone();
         if let Ok(runtime) = runtime {
             runtime.spawn(async move {
                 while let Some(q) = rx.recv().await {
-                    let Ok(event) = EventName::try_from(q.event) else {
-                        continue;
-                    };
-                    publisher
-                        .publish_event(&q.app, &q.channel, event, q.data.into(), q.exclude)
-                        .await;
+                    if let Ok(event) = EventName::try_from(q.event) {
+                        publisher
+                            .publish_event(&q.app, &q.channel, event, q.data.into(), q.exclude)
+                            .await;
+                    }
+                    published.fetch_sub(1, Ordering::Relaxed);
                 }
             });
         }
@@ -59,6 +63,7 @@ impl PublisherSink {
                 .map(|a| (Arc::from(a.id.as_str()), Arc::new(a.clone())))
                 .collect(),
             queue,
+            unsent,
             dropped: AtomicU64::new(0),
         })
     }
@@ -83,8 +88,14 @@ impl MemberSink for PublisherSink {
             data,
             exclude,
         };
+        self.unsent.fetch_add(1, Ordering::Relaxed);
         if self.queue.try_send(queued).is_err() {
+            self.unsent.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn pending(&self) -> usize {
+        self.unsent.load(Ordering::Relaxed)
     }
 }

@@ -388,6 +388,10 @@ impl TestRedis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -710,4 +714,120 @@ async fn cache_channels_in_redis() {
     // A value that does not parse is a miss.
     redis.query::<()>(::redis::cmd("SET").arg("t:pusher:1:cache:cache-x").arg("{"));
     assert_eq!(b.state.cache_last("1", &ch("cache-x")).await, None);
+}
+
+/// Redis goes away: a subscription answers at once with this node's view and is
+/// written, with its transitions, when Redis is back (as an empty server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_made_while_redis_is_down_are_written_when_it_is_back() {
+    let redis = TestRedis::start();
+    let port: u16 = redis
+        .url
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let a = TestNode::start(&redis, "a", Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let room = ch("presence-room");
+    a.state
+        .subscribe("1", &room, sock(1, 1), member("ann", "null"))
+        .await;
+    drop(redis);
+    // The worker notices at its next beat.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    let bob = a
+        .state
+        .subscribe("1", &room, sock(1, 2), member("bob", "null"))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert!(!bob.cluster_wide);
+    assert_eq!(
+        bob.presence.unwrap().ids().collect::<Vec<_>>(),
+        ["ann", "bob"]
+    );
+
+    let redis = TestRedis::start_on(port);
+    // The registry claims the node again (its liveness key).
+    redis.query::<()>(::redis::cmd("SET").arg(&a.alive).arg("x"));
+    eventually("the subscriptions written again", || {
+        let n: usize = redis.query(::redis::cmd("HLEN").arg("t:pusher:1:ch:presence-room:socks"));
+        n == 2
+    })
+    .await;
+    assert_eq!(a.state.users("1", &room).await.len(), 2);
+    let added = a.events("pusher_internal:member_added");
+    assert!(added.iter().any(|d| d.contains("bob")), "{added:?}");
+    // Scripts flushed (as by a restart): a write fails with NOSCRIPT, the resync
+    // loads them again, and later subscriptions are answered by Redis.
+    redis.query::<()>(::redis::cmd("SCRIPT").arg("FLUSH"));
+    a.state
+        .subscribe("1", &room, sock(1, 3), member("cat", "null"))
+        .await;
+    eventually("cat written", || {
+        let n: usize = redis.query(::redis::cmd("HLEN").arg("t:pusher:1:ch:presence-room:socks"));
+        n == 3
+    })
+    .await;
+    let dan = a
+        .state
+        .subscribe("1", &room, sock(1, 4), member("dan", "null"))
+        .await;
+    assert!(dan.cluster_wide);
+    assert_eq!(dan.presence.unwrap().members.len(), 4);
+}
+
+/// Measures subscribe throughput in Redis mode (run by hand:
+/// `cargo test --release --lib pusher::state::tests::measure -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_subscribe_throughput_in_redis() {
+    let redis = TestRedis::start();
+    let a = TestNode::start(&redis, "a", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 10_000u64;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let state = a.state.clone();
+        tasks.push(tokio::spawn(async move {
+            let room = ch(&format!("presence-r{}", i % 100));
+            state
+                .subscribe("1", &room, sock(1, i), member(&format!("u{i}"), "{}"))
+                .await
+                .cluster_wide
+        }));
+    }
+    let mut wide = 0;
+    for t in tasks {
+        wide += usize::from(t.await.unwrap());
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{n} presence subscribes (100 channels): {took:?}, {:.0}/s, {wide} answered by redis",
+        n as f64 / took.as_secs_f64()
+    );
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        a.state
+            .left("1", &ch(&format!("presence-r{}", i % 100)), sock(1, i));
+    }
+    eventually("all left", || {
+        let n: usize = redis.query(::redis::cmd("SCARD").arg("t:pusher:node:a"));
+        n == 0
+    })
+    .await;
+    eprintln!("{n} leaves written in {:?}", started.elapsed());
+    let stats: String = redis.query(::redis::cmd("INFO").arg("commandstats"));
+    for line in stats
+        .lines()
+        .filter(|l| l.contains("evalsha") || l.contains("cmdstat_eval:"))
+    {
+        eprintln!("{line}");
+    }
 }
