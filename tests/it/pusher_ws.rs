@@ -616,3 +616,36 @@ async fn two_nodes_share_channels_client_events_and_the_bridge() {
     );
     on_b.next_where("paid", event("paid")).await;
 }
+
+#[tokio::test]
+async fn an_apps_quota_and_a_disabled_app_are_refused_with_their_codes() {
+    let server = TestServer::start(|s| {
+        s.pusher.apps = vec![
+            app(json!({"max_connections": 1, "bridge": true})),
+            serde_json::from_value(
+                json!({"id": "2", "key": "off-key", "secret": "x", "enabled": false}),
+            )
+            .unwrap(),
+        ];
+    })
+    .await;
+    let (mut first, _) = raw(&server).await;
+    for (path, code) in [
+        (format!("/app/{KEY}?protocol=7"), 4004),
+        ("/app/off-key?protocol=7".to_string(), 4003),
+    ] {
+        let mut ws = WsClient::connect(&server.ws_url(&path)).await;
+        let error = ws.recv_json().await;
+        assert_eq!(error["data"]["code"], code, "{path}: {error}");
+        assert_eq!(ws.expect_close().await.0, code, "{path}");
+    }
+    // The first one is untouched; once it leaves, there is room again.
+    first.send(r#"{"event":"pusher:ping","data":{}}"#).await;
+    assert_eq!(first.recv_json().await["event"], "pusher:pong");
+    first.close().await;
+    crate::common::eventually("room for one", || async {
+        let mut ws = WsClient::connect(&server.ws_url(&format!("/app/{KEY}?protocol=7"))).await;
+        (ws.recv_json().await["event"] == "pusher:connection_established").then_some(())
+    })
+    .await;
+}
