@@ -195,6 +195,14 @@ async fn a_pusher_js_client_event_reaches_the_webhook_with_its_socket_and_user()
         subscribe(&mut bob, channel).await;
     }
 
+    // A client event the server refuses (public channel: 4301) is not reported.
+    subscribe(&mut ann, "orders").await;
+    trigger(&mut ann, "orders", "client-nope", json!({})).await;
+    let refused = ann
+        .next_where("pusher:error", |l| l["type"] == "connection_error")
+        .await;
+    assert_eq!(refused["error"]["code"], 4301, "{refused}");
+
     trigger(&mut ann, "private-chat", "client-typing", json!({"x": 1})).await;
     let got = bob
         .next_where("client-typing", event_on("private-chat", "client-typing"))
@@ -223,12 +231,28 @@ async fn a_pusher_js_client_event_reaches_the_webhook_with_its_socket_and_user()
         ]
     );
 
-    // Everything queued is delivered by the graceful stop: each client event once
-    // (not once per recipient).
+    // Everything queued is delivered by the graceful stop: each relayed client
+    // event once (not once per recipient), the refused one not at all.
     drop((ann, bob));
     server.stop().await;
     hooks.drain();
-    assert_eq!(hooks.named("client_event").len(), 2, "{:?}", hooks.texts());
+    assert_eq!(
+        hooks.texts(),
+        [
+            "channel_occupied orders",
+            "channel_occupied presence-room",
+            "channel_occupied private-chat",
+            "channel_vacated orders",
+            "channel_vacated presence-room",
+            "channel_vacated private-chat",
+            "client_event presence-room",
+            "client_event private-chat",
+            "member_added presence-room",
+            "member_added presence-room",
+            "member_removed presence-room",
+            "member_removed presence-room",
+        ]
+    );
     hooks.check_with_node_sdk().await;
 }
 
