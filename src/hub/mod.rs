@@ -600,7 +600,15 @@ impl Hub {
         let excluded = exclude.is_some_and(|id| {
             let state = self.read();
             state.conns.get(&id).is_some_and(|conn| match &conn.pusher {
-                Some(side) => side.subscriptions.contains(target),
+                // A uid push reaches a Pusher connection through its
+                // `#server-to-user-{uid}` subscription.
+                Some(side) => match target {
+                    Target::Uid(uid) => side.subscriptions.iter().any(|t| {
+                        matches!(t, Target::Page(page)
+                            if page.strip_prefix(SERVER_TO_USER_PREFIX) == Some(uid.as_str()))
+                    }),
+                    _ => side.subscriptions.contains(target),
+                },
                 None => match target {
                     Target::All => true,
                     Target::Page(page) => conn.meta.page.as_ref() == Some(page),

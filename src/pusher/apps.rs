@@ -57,7 +57,7 @@ pub struct PusherApp {
     /// Whether clients may send `client-*` events on private and presence channels.
     #[serde(default)]
     pub client_events: bool,
-    /// Connections of this app at most, across the cluster (4004 over it); 0 = no cap.
+    /// Connections of this app at most on each node (4004 over it); 0 = no cap.
     #[serde(default)]
     pub max_connections: usize,
     /// Client events per connection per second (4301 over it, as Pusher's 10/s).
