@@ -32,6 +32,7 @@ mod pusher_presence;
 mod pusher_protocol;
 mod pusher_sign;
 mod pusher_webhook;
+mod pusher_webhooks_e2e;
 mod pusher_ws;
 mod recovery;
 mod recovery_cluster;
