@@ -11,7 +11,6 @@
 
 mod common;
 
-mod breaker;
 mod browser;
 mod caps;
 mod cluster;
@@ -35,6 +34,7 @@ mod pusher_webhook;
 mod pusher_webhooks_e2e;
 mod pusher_ws;
 mod recovery;
+mod recovery_attacks;
 mod recovery_cluster;
 mod router;
 mod workers;

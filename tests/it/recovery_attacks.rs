@@ -1,7 +1,7 @@
-//! Attacks on issue 11's features from the outside (helper B1): what a visitor
-//! holding only the public client token, a flaky network or an unlucky user can
-//! make the server do. Each test is a defect found and fixed, asserted as a user
-//! would see it.
+//! Recovery under attack and mishap, from the outside: what a visitor holding only
+//! the public client token, or a Redis restored from an old snapshot, could make the
+//! server do. Each test is a defect once found and fixed, asserted as a user would
+//! see it.
 
 use std::time::Duration;
 
@@ -117,7 +117,7 @@ fn roll_back(redis: &RedisServer, snapshot: &[(String, Option<Vec<u8>>)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_rolled_back_to_an_older_snapshot_is_a_new_epoch() {
     let redis = RedisServer::start();
-    let prefix = "sc-breaker-rollback";
+    let prefix = "sc-rollback";
     let a = Node::spawn("a", &redis.url(), prefix, 10, "");
     a.wait_status("ok").await;
     let url = a.ws_url("");
