@@ -104,6 +104,44 @@ fn fan_out(c: &mut Criterion) {
             measured
         })
     });
+    // Issue 14: a page push to 10k Pusher subscribers of its channel (one Pusher
+    // event frame per push) next to the same push to 10k native page connections
+    // (within 1.5x).
+    let orders = Name::try_from("orders").expect("a name");
+    let app = Name::try_from("1").expect("a name");
+    for (name, pusher) in [("page_10k_native", false), ("page_10k_pusher", true)] {
+        let hub = Hub::new(1 << 20);
+        let outboxes: Vec<Arc<Outbox>> = (0..CONNECTIONS)
+            .filter_map(|i| {
+                if pusher {
+                    let (id, outbox) =
+                        hub.open_pusher(meta("x"), i % WORKERS, app.clone(), true)?;
+                    hub.subscribe(id, &orders);
+                    Some(outbox)
+                } else {
+                    hub.open(meta("orders"), i % WORKERS)
+                        .map(|(_, outbox)| outbox)
+                }
+            })
+            .collect();
+        let push = Push::new(Target::Page(orders.clone()), payload);
+        group.throughput(Throughput::Elements(CONNECTIONS as u64));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let mut measured = Duration::ZERO;
+                for _ in 0..iterations {
+                    let start = Instant::now();
+                    let delivery = hub.deliver(black_box(&push));
+                    measured += start.elapsed();
+                    assert_eq!(delivery.delivered, CONNECTIONS);
+                    for outbox in &outboxes {
+                        while outbox.try_next().is_some() {}
+                    }
+                }
+                measured
+            })
+        });
+    }
     // What each worker does first in the server: pick its own matching outboxes.
     let mut picked = Vec::new();
     group.throughput(Throughput::Elements(CONNECTIONS as u64));

@@ -298,6 +298,9 @@ impl Tokens {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => Refusal::Expired,
+                // The claim the library names: a `nbf` that is not a number is
+                // not an `exp` problem.
+                ErrorKind::InvalidClaimFormat(claim) if claim == "nbf" => Refusal::BadClaims("nbf"),
                 ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
                     Refusal::BadClaims("exp")
                 }
@@ -559,6 +562,16 @@ mod tests {
         assert_eq!(t.connect(Some(&other)), Err(Refusal::BadSignature));
         let no_exp = signed(&serde_json::json!({"sub": "1"}), SECRET);
         assert_eq!(t.connect(Some(&no_exp)), Err(Refusal::BadClaims("exp")));
+        for (claims, claim) in [
+            (serde_json::json!({"sub": "1", "exp": "soon"}), "exp"),
+            (
+                serde_json::json!({"sub": "1", "exp": now() + 60, "nbf": "now"}),
+                "nbf",
+            ),
+        ] {
+            let token = signed(&claims, SECRET);
+            assert_eq!(t.connect(Some(&token)), Err(Refusal::BadClaims(claim)));
+        }
         let none = format!(
             "{}.{}.",
             b64(br#"{"alg":"none","typ":"JWT"}"#),

@@ -470,7 +470,9 @@ pub const MAX_CONN_NODE: u64 = 999_999_999;
 /// without sign, so the text matches `^\d+\.\d+$` (the Pusher `socket_id` rule,
 /// which the SDKs check). `node` is a random number drawn at each start (1..=
 /// [`MAX_CONN_NODE`]), so ids are unique across nodes and restarts; `local` is the
-/// hub's connection number on that node.
+/// hub's connection number on that node, 64 random bits: an id cannot be guessed
+/// from another, so naming one (`prev`) proves being that connection or being told
+/// by it (README "Recovery").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
     pub node: u64,

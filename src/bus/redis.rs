@@ -254,6 +254,7 @@ impl RedisBus {
                 .arg(&shared.channel)
                 .arg(push.event.as_deref().unwrap_or_default())
                 .arg(push.user_id.as_deref().unwrap_or_default());
+            shared.floor_args(&mut script);
             let published = shared
                 .commands
                 .query::<(String, u64, usize, usize, usize, i64)>(&script)
@@ -327,6 +328,7 @@ impl RedisBus {
             .arg(since.map(|s| epoch_text(s.epoch)).unwrap_or_default())
             .arg(since.map(|s| s.offset.to_string()).unwrap_or_default())
             .arg(shared.history.ttl_secs.saturating_mul(1000));
+        shared.floor_args(&mut script);
         let failed = |reason: String| LinkDown {
             link: "commands",
             since: unix_micros() / 1_000_000,
@@ -382,6 +384,17 @@ fn handoff(
 }
 
 impl Shared {
+    /// Adds the scripts' last two arguments: the newest position this node had from
+    /// Redis (epoch text, offset), or two empty strings before any. A Redis whose
+    /// offset is lower in that epoch went back in time (`crate::history::redis`).
+    fn floor_args(&self, script: &mut redis::Cmd) {
+        let floor = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match floor {
+            Some(floor) => script.arg(epoch_text(floor.epoch)).arg(floor.offset),
+            None => script.arg("").arg(""),
+        };
+    }
+
     /// Takes the position of an envelope this node's subscription delivered; true
     /// when pushes before it never arrived here: an offset hole in the same epoch,
     /// or a new epoch (Redis lost the history).
@@ -417,6 +430,13 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// Whether `head`, read from Redis, is below what this node already had in the
+    /// same epoch: Redis went back in time (see `crate::history::redis`).
+    fn went_back(&self, head: Stamp) -> bool {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|l| l.epoch == head.epoch && head.offset < l.offset)
     }
 
     /// Whether the subscription is behind `head`, a head read a while ago: the
@@ -512,7 +532,19 @@ async fn watch_holes(shared: Arc<Shared>) {
             .await
             && let Some(epoch) = parse_epoch(&epoch)
         {
-            previous = Some(Stamp { epoch, offset });
+            let head = Stamp { epoch, offset };
+            if shared.went_back(head) {
+                // Redis went back in time and nobody has published or reconnected
+                // since: a read (with this node's floor) starts the new epoch now and
+                // sends this node's recover connections to resume.
+                let _ = (RedisBus {
+                    shared: shared.clone(),
+                })
+                .read_history(None)
+                .await;
+                continue;
+            }
+            previous = Some(head);
         }
     }
 }

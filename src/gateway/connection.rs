@@ -369,6 +369,8 @@ impl Connection {
                 let (code, description) = reason.map_or((NORMAL, String::new()), |r| {
                     (r.code.into(), r.description.unwrap_or_default())
                 });
+                // Echoed after what is queued; out of the hub first, as in `close`.
+                self.leave();
                 self.reading = false;
                 self.outbox
                     .close_with(code, frame::close(code, &description));
@@ -478,8 +480,11 @@ impl Connection {
         }
     }
 
-    /// Queues the close frame (after whatever is queued) and stops reading.
+    /// Leaves the hub, queues the close frame (after whatever is queued) and stops
+    /// reading. Leaving first: once the client reads the close, the connection is no
+    /// longer counted in a push's `delivered` nor offered pushes.
     fn close(&mut self, code: u16, description: &str) {
+        self.leave();
         self.reading = false;
         self.outbox
             .close_with(code, frame::close(code, description));

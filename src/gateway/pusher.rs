@@ -36,6 +36,11 @@ use crate::pusher::{Channel, ChannelKind, Publisher, PusherApp, sign};
 /// The path prefix of Pusher WebSockets (`/app/{key}`).
 pub(super) const PATH_PREFIX: &str = "/app/";
 
+/// Channels one connection may be subscribed to at once: each costs an index
+/// entry in the hub and the channel state, so a client may not grow them without
+/// bound.
+pub(super) const MAX_SUBSCRIPTIONS: usize = 1000;
+
 /// One budget for every Pusher connection's refusal lines.
 static REFUSALS: std::sync::LazyLock<WarnThrottle> =
     std::sync::LazyLock::new(|| WarnThrottle::new(module_path!()));
@@ -321,6 +326,13 @@ impl PusherConn {
                 }
             }
         }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS && !self.subscriptions.contains_key(name) {
+            return refuse(
+                "LimitReached",
+                "too many subscriptions on this connection (1000)",
+                400,
+            );
+        }
         let user_id = member
             .as_ref()
             .and_then(|m| Name::try_from(&*m.user_id).ok());
@@ -487,6 +499,7 @@ fn send(outbox: &Outbox, text: &str) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn test_conn() -> (PusherConn, Arc<Outbox>) {
         let mut settings = crate::config::Settings::default();
@@ -531,6 +544,60 @@ client_events = true
         assert!(user_id(r#"{"id":null}"#).is_none());
         assert!(user_id(r#"{"name":"x"}"#).is_none());
         assert!(user_id("[]").is_none());
+    }
+
+    fn texts(outbox: &Outbox) -> Vec<Value> {
+        std::iter::from_fn(|| outbox.try_next())
+            .map(|f| serde_json::from_slice(frame::parse(&f).unwrap().1).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn subscriptions_are_capped_per_connection() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let (mut conn, outbox) = test_conn();
+            for i in 0..MAX_SUBSCRIPTIONS {
+                let text = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"c{i}"}}}}"#);
+                conn.on_text(&outbox, &text).await;
+                let frames = texts(&outbox);
+                assert_eq!(
+                    frames.last().unwrap()["event"],
+                    "pusher_internal:subscription_succeeded"
+                );
+            }
+            conn.on_text(
+                &outbox,
+                r#"{"event":"pusher:subscribe","data":{"channel":"one-more"}}"#,
+            )
+            .await;
+            let refused = texts(&outbox);
+            assert_eq!(
+                refused.last().unwrap()["event"],
+                "pusher:subscription_error"
+            );
+            // Unsubscribing makes room again.
+            conn.on_text(
+                &outbox,
+                r#"{"event":"pusher:unsubscribe","data":{"channel":"c0"}}"#,
+            )
+            .await;
+            conn.on_text(
+                &outbox,
+                r#"{"event":"pusher:subscribe","data":{"channel":"one-more"}}"#,
+            )
+            .await;
+            assert_eq!(
+                texts(&outbox).last().unwrap()["event"],
+                "pusher_internal:subscription_succeeded"
+            );
+            assert_eq!(conn.state.channels.local_counts().0, MAX_SUBSCRIPTIONS);
+            conn.release();
+            assert_eq!(conn.state.channels.local_counts().0, 0);
+        });
     }
 
     proptest! {

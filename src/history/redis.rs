@@ -16,6 +16,16 @@
 //!   count; Redis 7.0's `max-deleted-entry-id` is not used (MAXLEN trimming does
 //!   not update it there).
 //!
+//! A history that went back: Redis restarted from an older snapshot (RDB, or an
+//! AOF that lost its last second) or a replica promoted before it had the last
+//! writes keeps the epoch but holds a lower offset than the nodes already saw. The
+//! next pushes would reuse offsets that clients hold, and a client that missed the
+//! lost pushes would hear `recovered:true`. So each script also gets its caller's
+//! floor, the newest position the node had from Redis (an epoch and an offset that
+//! Redis handed out): the same epoch with a lower offset is a lost history, as
+//! after an empty restart — a new epoch, and every reconnect in the old one is
+//! `recovered:false`.
+//!
 //! What comes back from Redis is parsed without panicking; an entry that does not
 //! parse makes the replay fail (`recovered:false`), never a partial one.
 
@@ -41,10 +51,15 @@ pub fn eval(script: &str, keys: &[String]) -> redis::Cmd {
 
 /// KEYS: epoch hash, stream, count key (hash or set), nodes set.
 /// ARGV: candidate epoch, size, count kind (`hlen`/`scard`/`one`), envelope head,
-/// envelope tail, target kind, target key, exclude, payload, channel, event, user id.
+/// envelope tail, target kind, target key, exclude, payload, channel, event, user
+/// id, and the caller's floor (see the module doc: a history that went back):
+/// epoch text and offset, or two empty strings.
 /// Returns `{epoch, offset, matched, nodes, listening, stream length}`.
 pub const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and ARGV[13] == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(ARGV[14]) then
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
@@ -75,10 +90,13 @@ return {epoch, offset, matched, nodes, listening, len}
 ";
 
 /// KEYS: epoch hash, stream. ARGV: candidate epoch, since's epoch (or empty),
-/// since's offset (or empty), ttl in ms.
+/// since's offset (or empty), ttl in ms, and the caller's floor (see the module doc: a history that went back).
 /// Returns `{epoch, head, entries or false}`.
 pub const READ: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and ARGV[5] == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(ARGV[6]) then
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])

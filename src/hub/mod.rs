@@ -22,7 +22,8 @@ use crate::history::Stamp;
 use crate::push::{AppSlot, ConnKey, MAX_CONN_NODE, Name, Push, Target};
 use crate::pusher::channel::SERVER_TO_USER_PREFIX;
 
-/// Node-local connection number; unique for the life of the process.
+/// Node-local connection number: random (see [`Hub::open_with`]), never 0, unique
+/// among the node's open connections.
 pub type ConnId = u64;
 
 /// What is known about a connection, as recorded in the registry.
@@ -171,7 +172,11 @@ struct Shared {
     /// Set by [`Hub::stop`]: no connection opens any more. Read and set under the
     /// state lock, so no open slips in after the stop closed everyone.
     stopped: AtomicBool,
+    /// Connections opened, the input of [`Shared::id_key`] when the OS's random
+    /// source fails.
     next_id: AtomicU64,
+    /// Keys the fallback connection numbers (a keyed hash of [`Shared::next_id`]).
+    id_key: std::hash::RandomState,
     /// Sockets no longer in the indexes that are still finishing their close.
     closing: AtomicUsize,
     queue_limit_bytes: usize,
@@ -234,6 +239,7 @@ impl Hub {
                 state: RwLock::new(State::default()),
                 stopped: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                id_key: std::hash::RandomState::new(),
                 closing: AtomicUsize::new(0),
                 queue_limit_bytes,
                 node: crate::redis::instance_token() % MAX_CONN_NODE + 1,
@@ -288,7 +294,7 @@ impl Hub {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return None;
         }
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.fresh_id(&state);
         let outbox = Arc::new(Outbox::for_conn(
             self.shared.queue_limit_bytes,
             worker,
@@ -312,6 +318,24 @@ impl Hub {
         Some((id, outbox))
     }
 
+    /// A connection number nobody can derive from other connections' ids: 64 bits
+    /// from the OS's random source (a keyed hash of a counter should that fail).
+    /// A connection id (`"{node}.{local}"`) is what proves a reconnect is the
+    /// connection it names with `prev` (its `conn` pushes are replayed to it), and
+    /// what a back office names in `conn` / `exclude`: with a counter, a visitor's
+    /// own welcome told it its neighbours' ids, and `prev` replayed their pushes.
+    /// Never 0, never an open connection's (`state` is the write-locked state).
+    fn fresh_id(&self, state: &State) -> ConnId {
+        use std::hash::BuildHasher;
+        loop {
+            let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = getrandom::u64().unwrap_or_else(|_| self.shared.id_key.hash_one(n));
+            if id != 0 && !state.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
     /// Adds a Pusher connection of `app` (`bridged`: its public channels are the
     /// native pages) served by fan-out `worker`; it takes no push until it
     /// subscribes ([`Hub::subscribe`]). `None` once the hub is stopped.
@@ -326,7 +350,7 @@ impl Hub {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return None;
         }
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.fresh_id(&state);
         let outbox = Arc::new(Outbox::of_kind(
             self.shared.queue_limit_bytes,
             worker,
@@ -576,7 +600,15 @@ impl Hub {
         let excluded = exclude.is_some_and(|id| {
             let state = self.read();
             state.conns.get(&id).is_some_and(|conn| match &conn.pusher {
-                Some(side) => side.subscriptions.contains(target),
+                // A uid push reaches a Pusher connection through its
+                // `#server-to-user-{uid}` subscription.
+                Some(side) => match target {
+                    Target::Uid(uid) => side.subscriptions.iter().any(|t| {
+                        matches!(t, Target::Page(page)
+                            if page.strip_prefix(SERVER_TO_USER_PREFIX) == Some(uid.as_str()))
+                    }),
+                    _ => side.subscriptions.contains(target),
+                },
                 None => match target {
                     Target::All => true,
                     Target::Page(page) => conn.meta.page.as_ref() == Some(page),

@@ -213,7 +213,9 @@ struct PushRequest<'a> {
     all: bool,
     #[serde(default, borrow, deserialize_with = "present")]
     conn: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    /// `null` is no exclude, as an absent field: a back office that passes on
+    /// `$socketId ?? null` (Laravel's `toOthers()` without a socket) still pushes.
+    #[serde(default, borrow)]
     exclude: Option<&'a RawValue>,
     /// The Pusher event name Pusher subscribers of the page get (default
     /// `scenecast.push`).

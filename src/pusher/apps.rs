@@ -6,16 +6,21 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::ConfigError;
 
-/// The webhook event names Pusher defines (`pusher-http-node: lib/webhook.js`).
-pub const WEBHOOK_EVENTS: [&str; 7] = [
+/// The webhook event names scenecast sends: Pusher's (`pusher-http-node:
+/// lib/webhook.js`) except `subscription_count`, which a receiver would wait for in
+/// vain (see [`UNSENT_WEBHOOK_EVENTS`]).
+pub const WEBHOOK_EVENTS: [&str; 6] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_event",
     "cache_miss",
-    "subscription_count",
 ];
+
+/// Pusher webhook names scenecast does not send: asking for one is a config error
+/// that says so, rather than a receiver silently never called.
+pub const UNSENT_WEBHOOK_EVENTS: [&str; 1] = ["subscription_count"];
 
 /// `[pusher]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -57,7 +62,7 @@ pub struct PusherApp {
     /// Whether clients may send `client-*` events on private and presence channels.
     #[serde(default)]
     pub client_events: bool,
-    /// Connections of this app at most, across the cluster (4004 over it); 0 = no cap.
+    /// Connections of this app at most on each node (4004 over it); 0 = no cap.
     #[serde(default)]
     pub max_connections: usize,
     /// Client events per connection per second (4301 over it, as Pusher's 10/s).
@@ -216,12 +221,14 @@ impl PusherSettings {
                     .iter()
                     .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
                 {
+                    let why = if UNSENT_WEBHOOK_EVENTS.contains(&bad.as_str()) {
+                        "is a Pusher event scenecast does not send"
+                    } else {
+                        "is not a webhook event"
+                    };
                     return Err(invalid(
                         field("events"),
-                        format!(
-                            "unknown event {bad:?}; known: {}",
-                            WEBHOOK_EVENTS.join(", ")
-                        ),
+                        format!("{bad:?} {why}; these are: {}", WEBHOOK_EVENTS.join(", ")),
                     ));
                 }
             }

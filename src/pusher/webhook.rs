@@ -46,8 +46,6 @@ pub struct WebhookEvent {
     pub data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subscription_count: Option<u64>,
 }
 
 impl WebhookEvent {
@@ -59,7 +57,6 @@ impl WebhookEvent {
             event: None,
             data: None,
             socket_id: None,
-            subscription_count: None,
         }
     }
     pub fn channel_occupied(channel: &str) -> Self {
@@ -98,12 +95,6 @@ impl WebhookEvent {
     }
     pub fn cache_miss(channel: &str) -> Self {
         Self::new("cache_miss", channel)
-    }
-    pub fn subscription_count(channel: &str, count: u64) -> Self {
-        Self {
-            subscription_count: Some(count),
-            ..Self::new("subscription_count", channel)
-        }
     }
 }
 

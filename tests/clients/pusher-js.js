@@ -64,7 +64,15 @@ lines.on('line', (line) => {
   switch (c.cmd) {
     case 'subscribe': {
       const channel = pusher.subscribe(c.channel);
-      channel.bind_global((event, data, meta) => {
+      // pusher-js hands global callbacks (event, data) only; the metadata (the
+      // sender's user_id on presence channels) is passed to emit, so keep it there.
+      let meta = null;
+      const emit = channel.emit.bind(channel);
+      channel.emit = (event, data, metadata) => {
+        meta = metadata;
+        try { return emit(event, data, metadata); } finally { meta = null; }
+      };
+      channel.bind_global((event, data) => {
         const line = { type: 'event', channel: c.channel, event, data };
         if (meta && meta.user_id) line.user_id = meta.user_id;
         out(line);

@@ -5,7 +5,9 @@
 // {"op", "error", "status"?, "body"?}. Ops: authorizeChannel {socketId, channel,
 // presence?}, authenticateUser {socketId, user}, trigger {channels, event, data,
 // params?}, triggerBatch {batch}, get {path, params?}, post {path, body},
-// sendToUser {userId, event, data}, terminateUserConnections {userId}, webhook {headers, body} → isValid().
+// sendToUser {userId, event, data}, terminateUserConnections {userId}, webhook {headers, body} → isValid(),
+// webhookEvents {headers, body} → {valid: isValid(), events: getEvents()} (the events as
+// the SDK reads them; null when it cannot read the body).
 const Pusher = require('pusher');
 const a = JSON.parse(process.argv[2]);
 const pusher = new Pusher({
@@ -28,6 +30,11 @@ const reply = async (res) => ({ status: res.status, body: await res.text() });
         case 'sendToUser': result = await reply(await pusher.sendToUser(op.userId, op.event, op.data)); break;
         case 'terminateUserConnections': result = await reply(await pusher.terminateUserConnections(op.userId)); break;
         case 'webhook': result = pusher.webhook({ headers: op.headers, rawBody: op.body }).isValid(); break;
+        case 'webhookEvents': {
+          const hook = pusher.webhook({ headers: op.headers, rawBody: op.body });
+          result = { valid: hook.isValid(), events: hook.isBodyValid() ? hook.getEvents() : null };
+          break;
+        }
         default: throw new Error('unknown op ' + op.op);
       }
       out({ op: op.op, result });

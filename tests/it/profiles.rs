@@ -8,6 +8,7 @@ use scenecast::Settings;
 use scenecast::config::WsPublish;
 use serde_json::json;
 
+use crate::common::server::API_TOKEN;
 use crate::common::{TestServer, WsClient, eventually, php_push, udp_send};
 
 fn profile(name: &str) -> Settings {
@@ -91,7 +92,9 @@ fn every_example_profile_loads_and_is_checked_here() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workerman_recipe_runs_unchanged() {
-    let server = start(profile("workerman.toml")).await;
+    let mut settings = profile("workerman.toml");
+    settings.auth.api_tokens = vec![API_TOKEN.into()];
+    let server = start(settings).await;
     let text = server.text_addr.expect("the inner text port");
 
     // var ws = new WebSocket('ws://127.0.0.1:1234'); ws.onopen = () => ws.send('uid1');
@@ -102,11 +105,14 @@ async fn workerman_recipe_runs_unchanged() {
     // fwrite($client, json_encode(['uid' => 'uid1', 'percent' => '88%']) . "\n");
     // echo fread($client, 8192);
     let pushed = r#"{"uid":"uid1","percent":"88%"}"#;
-    eventually(
-        "the browser's uid is bound and the push says ok",
-        || async { (php_push(text, pushed).await == "ok\n").then_some(()) },
-    )
+    // The binding has no reply: wait for it on the read API (the test's own API
+    // token), not by retrying the push, which could deliver it twice when the
+    // binding lands between a push's count ("fail") and its fan-out.
+    eventually("the browser's uid is bound", || async {
+        (server.connections("uid=uid1").await == 1).then_some(())
+    })
     .await;
+    assert_eq!(php_push(text, pushed).await, "ok\n");
     assert_eq!(browser.recv_text().await, pushed);
     assert_eq!(
         php_push(text, r#"{"uid":"uid2","percent":"1%"}"#).await,

@@ -10,7 +10,7 @@ use scenecast::pusher::sign::sign_api_request;
 use serde_json::{Value, json};
 
 use crate::common::clients::{self, Script};
-use crate::common::{CLIENT_TOKEN, TestServer, WsClient, eventually};
+use crate::common::{CLIENT_TOKEN, TestServer, WAIT, WsClient, eventually};
 
 const APP_ID: &str = "42";
 const KEY: &str = "api-key";
@@ -576,8 +576,8 @@ fn readme_block(marker: &str, lang: &str) -> String {
 
 /// "Laravel in five minutes" as written: scenecast started from the README's config
 /// block, the README's Echo block run under Node with the `.env` values Vite would
-/// put in `import.meta.env`, and a Node SDK trigger (what Laravel's broadcaster
-/// sends) reaching its listener.
+/// put in `import.meta.env`, and the README's Node SDK trigger (step 4, what
+/// Laravel's broadcaster sends) run as a file, reaching its listeners.
 #[tokio::test]
 async fn the_readme_laravel_guide_works_as_written() {
     #[derive(serde::Deserialize)]
@@ -631,14 +631,32 @@ async fn the_readme_laravel_guide_works_as_written() {
             .await;
         listeners.push(echo);
     }
-    let lines = clients::node(
-        "sdk.js",
-        &json!({"appId": app.id, "key": app.key, "secret": app.secret, "host": "127.0.0.1",
-                "port": server.addr.port(), "ops": [
-                    {"op": "trigger", "channels": ["orders"], "event": "order.shipped", "data": {"id": 5}}]}),
+    // Step 4 as written (a CommonJS file, `node trigger.js`), on the test server's port.
+    let trigger = readme_block("<!-- laravel-trigger", "js");
+    assert!(trigger.contains("port: 9502"), "{trigger}");
+    let file = format!("readme-trigger-{}-{port}.js", std::process::id());
+    let path = clients::dir().join(&file);
+    std::fs::write(
+        &path,
+        trigger.replace("port: 9502", &format!("port: {port}")),
     )
-    .await;
-    assert_eq!(node_ok(&lines[0]), json!({}));
+    .unwrap();
+    let _remove = RemoveOnDrop(path);
+    let run = tokio::process::Command::new("node")
+        .arg(&file)
+        .current_dir(clients::dir())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("node trigger.js within WAIT")
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "node trigger.js: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200 {}\n");
     for echo in &mut listeners {
         let got = echo
             .next_where("the listener", |l| l["type"] == "listen")

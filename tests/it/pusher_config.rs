@@ -81,6 +81,11 @@ fn bad_apps_exit_2_naming_the_key() {
             "pusher.apps[1].webhooks[0].events",
         ),
         (
+            // Pusher's name, but never sent: a receiver would wait for it in vain.
+            "\n[[pusher.apps]]\nid = 2\nkey = \"k2\"\nsecret = \"s\"\nwebhooks = [{ url = \"http://h/\", events = [\"subscription_count\"] }]\n",
+            "does not send",
+        ),
+        (
             "\n[[pusher.apps]]\nid = 2\nkey = \"k2\"\nsecret = \"s\"\ncolour = 1\n",
             "colour",
         ),

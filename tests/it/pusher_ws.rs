@@ -460,11 +460,15 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
         }]);
     })
     .await;
+    // The app's auth endpoint (Laravel's /broadcasting/auth), signing with the SDK.
+    let mut auth = Script::node("auth-server.js", &json!({"key": KEY, "secret": SECRET}));
+    let auth_port = auth.next_where("listening", is("listening")).await["port"].clone();
     let mut echo = Script::node(
         "echo.mjs",
-        &json!({"key": KEY, "host": "127.0.0.1", "port": port(&server), "secret": SECRET}),
+        &json!({"key": KEY, "host": "127.0.0.1", "port": port(&server),
+                "authEndpoint": format!("http://127.0.0.1:{auth_port}/broadcasting/auth")}),
     );
-    echo.next_where("connected", is("connected")).await;
+    let socket_id = echo.next_where("connected", is("connected")).await["socket_id"].clone();
     echo.send(&json!({"cmd": "channel", "channel": "orders", "event": ".order.paid"}))
         .await;
     echo.next_where("subscribed", is("subscribed")).await;
@@ -475,6 +479,11 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
 
     echo.send(&json!({"cmd": "private", "channel": "orders", "event": ".shipped"}))
         .await;
+    let asked = auth.next_where("auth request", is("auth")).await;
+    assert_eq!(
+        (asked["socket_id"].clone(), asked["channel"].clone()),
+        (socket_id, json!("private-orders"))
+    );
     // Echo names the channel as given (`orders`); this is the private one's.
     echo.next_where("private subscribed", is("subscribed"))
         .await;
@@ -487,6 +496,12 @@ async fn laravel_echo_hears_scene_pushes_and_authorizes_private_channels() {
         })
         .await;
     assert_eq!(heard["data"], json!({"id": 5}));
+
+    // The app's endpoint refusing: Echo's .error(), nothing subscribed.
+    echo.send(&json!({"cmd": "private", "channel": "refused"}))
+        .await;
+    let refused = echo.next_where("endpoint refusal", is("error")).await;
+    assert_eq!(refused["channel"], "refused", "{refused}");
 
     // A subscription the server refuses reaches Echo's .error().
     let mut wrong = Script::node(
@@ -600,4 +615,37 @@ async fn two_nodes_share_channels_client_events_and_the_bridge() {
         "node a's pusher-js got no echo of its own client event"
     );
     on_b.next_where("paid", event("paid")).await;
+}
+
+#[tokio::test]
+async fn an_apps_quota_and_a_disabled_app_are_refused_with_their_codes() {
+    let server = TestServer::start(|s| {
+        s.pusher.apps = vec![
+            app(json!({"max_connections": 1, "bridge": true})),
+            serde_json::from_value(
+                json!({"id": "2", "key": "off-key", "secret": "x", "enabled": false}),
+            )
+            .unwrap(),
+        ];
+    })
+    .await;
+    let (mut first, _) = raw(&server).await;
+    for (path, code) in [
+        (format!("/app/{KEY}?protocol=7"), 4004),
+        ("/app/off-key?protocol=7".to_string(), 4003),
+    ] {
+        let mut ws = WsClient::connect(&server.ws_url(&path)).await;
+        let error = ws.recv_json().await;
+        assert_eq!(error["data"]["code"], code, "{path}: {error}");
+        assert_eq!(ws.expect_close().await.0, code, "{path}");
+    }
+    // The first one is untouched; once it leaves, there is room again.
+    first.send(r#"{"event":"pusher:ping","data":{}}"#).await;
+    assert_eq!(first.recv_json().await["event"], "pusher:pong");
+    first.close().await;
+    crate::common::eventually("room for one", || async {
+        let mut ws = WsClient::connect(&server.ws_url(&format!("/app/{KEY}?protocol=7"))).await;
+        (ws.recv_json().await["event"] == "pusher:connection_established").then_some(())
+    })
+    .await;
 }

@@ -260,6 +260,20 @@ async fn size_zero_keeps_offsets_and_recovers_nothing() {
 }
 
 #[tokio::test]
+async fn a_null_exclude_is_no_exclude() {
+    let server = TestServer::start(|_| {}).await;
+    let url = ws_base(&server);
+    let mut me = connect(&url, "page=home", "").await;
+    let reply = push(
+        &server,
+        json!({"page": "home", "exclude": null, "message": "for all"}),
+    )
+    .await;
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    assert_eq!(next_push(&mut me.ws).await.1, json!("for all"));
+}
+
+#[tokio::test]
 async fn conn_and_exclude_targets_and_prev_replay_rules() {
     let server = TestServer::start(|_| {}).await;
     let url = ws_base(&server);

@@ -75,6 +75,11 @@ impl HttpCapture {
             .expect("capture server stopped")
     }
 
+    /// The requests that already arrived, without waiting.
+    pub fn drain(&mut self) -> Vec<Captured> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+
     /// Whether a request arrives within `within`.
     pub async fn quiet(&mut self, within: std::time::Duration) -> bool {
         tokio::time::timeout(within, self.rx.recv()).await.is_err()
