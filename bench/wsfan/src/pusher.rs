@@ -56,7 +56,10 @@ pub fn app_url(url: &str, key: &str) -> String {
 pub fn check_target(target: &Target) -> Result<(), String> {
     match target {
         Target::Page(_) | Target::Pages => Ok(()),
-        _ => Err("--pusher takes --target page:NAME or pages (Pusher has no channel for all or for a uid)".into()),
+        _ => {
+            Err("--pusher takes --target page:NAME or pages (Pusher has no channel for all or for a uid)"
+                .into())
+        }
     }
 }
 
@@ -141,7 +144,9 @@ async fn expect(ws: &mut Ws, want: &str, channel: Option<&str>) -> Result<(), St
         let text = match ws.next().await {
             Some(Ok(Message::Text(t))) => t.to_string(),
             Some(Ok(Message::Close(c))) => {
-                return Err(c.map_or("close before ".to_string() + want, |c| format!("close {} before {want}", c.code)));
+                return Err(c.map_or("close before ".to_string() + want, |c| {
+                    format!("close {} before {want}", c.code)
+                }));
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(format!("{e} before {want}")),
@@ -323,7 +328,10 @@ mod tests {
         let other = r#"{"channel":"home","event":"client-x","data":{"seq":3},"user_id":"u1"}"#;
         let mut buf = String::new();
         let ev = parse(other, &mut buf).unwrap();
-        assert_eq!((&*ev.event, ev.channel.as_deref(), ev.data.as_deref()), ("client-x", Some("home"), Some(r#"{"seq":3}"#)));
+        assert_eq!(
+            (&*ev.event, ev.channel.as_deref(), ev.data.as_deref()),
+            ("client-x", Some("home"), Some(r#"{"seq":3}"#))
+        );
         let est = r#"{"event":"pusher:connection_established","data":"{\"activity_timeout\":30,\"socket_id\":\"1.2\"}"}"#;
         assert_eq!(parse(est, &mut String::new()).unwrap().event, "pusher:connection_established");
         let err = r#"{"event":"pusher:error","data":{"code":4301,"message":"x"}}"#;
@@ -358,6 +366,9 @@ mod tests {
             app_url("ws://127.0.0.1:9502/?page={page}&token=T", "k"),
             "ws://127.0.0.1:9502/app/k?protocol=7&client=js&version=8.6.0"
         );
-        assert_eq!(app_url("ws://localhost:1", "k"), "ws://localhost:1/app/k?protocol=7&client=js&version=8.6.0");
+        assert_eq!(
+            app_url("ws://localhost:1", "k"),
+            "ws://localhost:1/app/k?protocol=7&client=js&version=8.6.0"
+        );
     }
 }
