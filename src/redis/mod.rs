@@ -9,6 +9,8 @@
 
 pub mod keys;
 pub mod link;
+#[cfg(test)]
+pub mod test_server;
 
 pub use self::keys::RedisKeys;
 pub use self::link::{Link, LinkDown};

@@ -653,52 +653,7 @@ fn purge_cmd(keys: &Keys, node: &str, only_if_dead: bool) -> redis::Cmd {
 mod tests {
     use super::*;
 
-    /// A private redis-server on a free port, killed on drop.
-    struct TestRedis {
-        child: std::process::Child,
-        url: String,
-    }
-
-    impl TestRedis {
-        fn start() -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH");
-            let url = format!("redis://127.0.0.1:{port}/");
-            let redis = TestRedis { child, url };
-            for _ in 0..200 {
-                if redis.conn().is_ok() {
-                    return redis;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            panic!("redis-server did not start");
-        }
-
-        fn conn(&self) -> redis::RedisResult<redis::Connection> {
-            let mut conn = redis::Client::open(self.url.as_str())?.get_connection()?;
-            redis::cmd("PING").query::<()>(&mut conn)?;
-            Ok(conn)
-        }
-
-        fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-            cmd.query(&mut self.conn().unwrap()).unwrap()
-        }
-    }
-
-    impl Drop for TestRedis {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::redis::test_server::TestRedis;
 
     fn meta(page: &str) -> ConnMeta {
         ConnMeta {
