@@ -10,7 +10,6 @@
 //! `?protocol=` check, 4100 `server.max_connections[_per_ip]`, 4200 stopping.
 //! Only the origin check (403) and a broken handshake (400) answer in HTTP.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -157,16 +156,18 @@ fn reason(code: PusherCode) -> &'static str {
 
 /// The checks of a Pusher connect, in Pusher's order: key, protocol, enabled,
 /// the app's quota, the node's caps.
-fn admit(state: &AppState, request: &Request) -> Result<(PusherApp, crate::net::Slot), PusherCode> {
+fn admit(
+    state: &AppState,
+    request: &Request,
+) -> Result<(Arc<PusherApp>, crate::net::Slot), PusherCode> {
     let key = request
         .path()
         .strip_prefix(PATH_PREFIX)
         .unwrap_or_default()
         .trim_end_matches('/');
     let app = state
-        .settings
         .pusher
-        .by_key(key)
+        .app_by_key(key)
         .filter(|_| !key.is_empty())
         .ok_or(PusherCode::AppNotFound)?;
     let query = Query::parse(request.uri().query().unwrap_or(""))
@@ -182,7 +183,7 @@ fn admit(state: &AppState, request: &Request) -> Result<(PusherApp, crate::net::
         return Err(PusherCode::Restart);
     }
     let slot = super::admit(state, request).map_err(|_| PusherCode::OverCapacity)?;
-    Ok((app.clone(), slot))
+    Ok((app, slot))
 }
 
 /// One subscription of a Pusher connection.
@@ -197,11 +198,13 @@ struct Subscription {
 /// signed in as, and its client-event budget.
 pub(super) struct PusherConn {
     state: Arc<AppState>,
-    app: PusherApp,
+    /// Shared with every connection of the app (see [`Publisher::app_by_key`]).
+    app: Arc<PusherApp>,
     id: ConnId,
     socket_id: ConnKey,
-    socket_text: String,
-    subscriptions: HashMap<String, Subscription>,
+    /// Few per connection (pusher-js apps subscribe to one or two channels): a
+    /// `Vec` searched by name costs less memory than a map for an idle connection.
+    subscriptions: Vec<Subscription>,
     user: Option<Name>,
     /// Built at the first client event.
     limiter: Option<DefaultDirectRateLimiter>,
@@ -215,14 +218,13 @@ pub(super) enum After {
 }
 
 impl PusherConn {
-    fn new(state: Arc<AppState>, app: PusherApp, id: ConnId, socket_id: ConnKey) -> Self {
+    fn new(state: Arc<AppState>, app: Arc<PusherApp>, id: ConnId, socket_id: ConnKey) -> Self {
         Self {
             state,
             app,
             id,
-            socket_text: socket_id.to_string(),
             socket_id,
-            subscriptions: HashMap::new(),
+            subscriptions: Vec::new(),
             user: None,
             limiter: None,
         }
@@ -311,7 +313,7 @@ impl PusherConn {
                 if let Err(e) = sign::check_channel_auth(
                     &self.app.key,
                     &self.app.secret,
-                    &self.socket_text,
+                    &self.socket_id.to_string(),
                     channel.as_str(),
                     data,
                     auth,
@@ -326,7 +328,8 @@ impl PusherConn {
                 }
             }
         }
-        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS && !self.subscriptions.contains_key(name) {
+        let known = self.subscription(name);
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS && known.is_none() {
             return refuse(
                 "LimitReached",
                 "too many subscriptions on this connection (1000)",
@@ -338,13 +341,14 @@ impl PusherConn {
             .and_then(|m| Name::try_from(&*m.user_id).ok());
         // Recorded before the await: a connection dropped meanwhile still gives
         // the subscription back (see `Drop`).
-        self.subscriptions.insert(
-            name.to_string(),
-            Subscription {
-                channel: channel.clone(),
-                user_id,
-            },
-        );
+        let sub = Subscription {
+            channel: channel.clone(),
+            user_id,
+        };
+        match known.and_then(|i| self.subscriptions.get_mut(i)) {
+            Some(known) => *known = sub,
+            None => self.subscriptions.push(sub),
+        }
         let subscribed = self
             .state
             .channels
@@ -371,7 +375,8 @@ impl PusherConn {
     }
 
     fn unsubscribe(&mut self, name: &str) {
-        if let Some(sub) = self.subscriptions.remove(name) {
+        if let Some(i) = self.subscription(name) {
+            let sub = self.subscriptions.swap_remove(i);
             if let Ok(page) = Name::try_from(name) {
                 self.state.hub.unsubscribe(self.id, &page);
             }
@@ -386,7 +391,7 @@ impl PusherConn {
         if let Err(e) = sign::check_user_auth(
             &self.app.key,
             &self.app.secret,
-            &self.socket_text,
+            &self.socket_id.to_string(),
             user_data,
             Some(auth),
         ) {
@@ -421,7 +426,10 @@ impl PusherConn {
         if !self.app.client_events {
             return reject("client events are not enabled for this app");
         }
-        let Some(sub) = self.subscriptions.get(name) else {
+        let Some(sub) = self
+            .subscription(name)
+            .and_then(|i| self.subscriptions.get(i))
+        else {
             return reject("client events need a subscription to the channel");
         };
         if !sub.channel.kind().allows_client_events() {
@@ -461,11 +469,18 @@ impl PusherConn {
             .await;
     }
 
+    /// Where the subscription to channel `name` is in `subscriptions`.
+    fn subscription(&self, name: &str) -> Option<usize> {
+        self.subscriptions
+            .iter()
+            .position(|sub| sub.channel.as_str() == name)
+    }
+
     /// Gives every subscription back to the channel state (the hub's indexes go
     /// with the [`Membership`]). Idempotent: called when the connection leaves and
     /// again on drop.
     pub(super) fn release(&mut self) {
-        for (_, sub) in self.subscriptions.drain() {
+        for sub in self.subscriptions.drain(..) {
             self.state
                 .channels
                 .left(&self.app.id, &sub.channel, self.socket_id);
@@ -515,7 +530,7 @@ client_events = true
             .unwrap(),
         ];
         let state = super::super::membership::test_state_with(settings, 10, 10);
-        let app = state.settings.pusher.apps.first().unwrap().clone();
+        let app = state.pusher.app_by_key("k").unwrap();
         let slot = state.caps.admit(None).unwrap();
         let (membership, outbox) = Membership::join_pusher(
             state.clone(),

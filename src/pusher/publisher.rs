@@ -21,6 +21,9 @@ pub struct Publisher {
     /// The bridged app's id (`[pusher]` `bridge = true`, or the only app).
     bridged: Option<AppSlot>,
     settings: Arc<PusherSettings>,
+    /// The apps, shared: every Pusher connection holds its app by this `Arc`
+    /// rather than a copy (a few hundred bytes per idle connection).
+    apps: Arc<[Arc<PusherApp>]>,
     /// Where events on cache channels are kept (`cache_store`).
     channels: ChannelState,
 }
@@ -35,6 +38,7 @@ impl Publisher {
                 .bridged()
                 .and_then(|app| Name::try_from(app.id.as_str()).ok()),
             settings: Arc::new(settings.clone()),
+            apps: settings.apps.iter().cloned().map(Arc::new).collect(),
             channels: channels.clone(),
         };
         // Through one ordered queue: a quick join and leave must not arrive as
@@ -44,6 +48,11 @@ impl Publisher {
             settings,
         ));
         publisher
+    }
+
+    /// The app whose WebSocket key is `key` (`/app/{key}`), shared.
+    pub fn app_by_key(&self, key: &str) -> Option<Arc<PusherApp>> {
+        self.apps.iter().find(|app| app.key == key).cloned()
     }
 
     /// The bridged app, whose public channels are the native pages.
