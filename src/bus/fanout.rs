@@ -178,8 +178,17 @@ impl Fanout {
     /// connections match it now (0 when the fan-out is gone): the publisher's
     /// `delivered` when this node is all there is, or all that can be reached.
     pub async fn push_counted(&self, push: Push) -> usize {
+        self.push_counted_stamped(push, None).await
+    }
+
+    /// [`Fanout::push_counted`] of a push with its place in the cluster's history.
+    pub async fn push_counted_stamped(&self, push: Push, stamp: Option<Stamp>) -> usize {
         let matched = self.matching(&push);
-        if self.push(push).await { matched } else { 0 }
+        if self.push_stamped(push, stamp).await {
+            matched
+        } else {
+            0
+        }
     }
 
     /// Embedded mode: gives `push` the next offset of `history` and queues it, under

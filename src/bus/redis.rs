@@ -263,6 +263,17 @@ impl RedisBus {
                 Ok((epoch, offset, matched, nodes, listening, len)) => {
                     shared.metrics.history_size.set(len);
                     let stamp = parse_epoch(&epoch).map(|epoch| Stamp { epoch, offset });
+                    if listening == 0 {
+                        // Nobody got it, this node's own subscription included (it is
+                        // still coming back after Redis restarted, when the empty nodes
+                        // set would make 0 of 0 look like everyone): deliver here, as
+                        // for a failed publish; no echo can come back.
+                        return Published {
+                            delivered: shared.fanout.push_counted_stamped(push, stamp).await,
+                            cluster_wide: false,
+                            stamp,
+                        };
+                    }
                     let everyone = listening >= nodes;
                     if !everyone && let Some(suppressed) = NOT_ALL_LISTENING.admit() {
                         log::warn!(
@@ -589,7 +600,9 @@ async fn deliver(shared: Arc<Shared>, mut received: mpsc::Receiver<PushInfo>) {
                     );
                     if let Some(suppressed) = GAP.admit() {
                         log::warn!(
-                            "pushes before offset {} (epoch {}) never reached this node;                              {closed} recover connection(s) asked to reconnect and recover                              ({suppressed} similar since the last warning)",
+                            "pushes before offset {} (epoch {}) never reached this node; \
+                             {closed} recover connection(s) asked to reconnect and recover \
+                             ({suppressed} similar since the last warning)",
                             stamp.offset,
                             epoch_text(stamp.epoch)
                         );

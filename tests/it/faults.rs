@@ -396,3 +396,54 @@ async fn a_publish_redis_runs_late_is_delivered_once() {
     load.wait_flowing().await;
     load.finish(&b).await;
 }
+
+/// Redis restarted empty: until this node's subscription is back, a publish the command
+/// link gets through reaches no subscriber, and the emptied nodes set made "0 of 0
+/// nodes listening" look like everyone, so the push was lost for this node's own
+/// clients. Every push made through the restart must reach the page, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_right_after_redis_restarted_empty_still_reach_this_nodes_clients() {
+    use crate::common::TestServer;
+    use crate::common::server::CLIENT_TOKEN;
+
+    let redis = RedisServer::start();
+    let server = TestServer::start(|s| {
+        s.redis.url = redis.url();
+        s.redis.prefix = "restart-empty".into();
+    })
+    .await;
+    let healthy = || async {
+        let (_, health) = server.get_json("/healthz").await;
+        (health["status"] == "ok").then_some(())
+    };
+    eventually("the node's Redis links are up", healthy).await;
+    let mut home =
+        WsClient::connect(&server.ws_url(&format!("/?page=home&token={CLIENT_TOKEN}"))).await;
+    home.send("heartbeat").await;
+    assert_eq!(home.recv_json().await, json!({"type": "pong"}));
+
+    let port = redis.kill();
+    let _redis = RedisServer::start_on(port);
+    // At once, while the subscription link is still in its back-off: each push
+    // goes through Redis, or fails over to this node; none may be lost.
+    let mut through_redis = 0;
+    for n in 1..=40u64 {
+        let (status, reply) = server
+            .api_push(&json!({"page": "home", "message": {"n": n}}).to_string())
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        if reply["offset"].is_string() {
+            through_redis += 1;
+        }
+        assert_eq!(home.recv_json().await, json!({"n": n}), "push {n}: {reply}");
+        if through_redis >= 5 && healthy().await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        through_redis > 0,
+        "no push went through the restarted Redis"
+    );
+    server.stop().await;
+}
