@@ -35,6 +35,33 @@ use redis::Value;
 use super::{Entry, Read, Stamp};
 use crate::push::{ConnKey, Name, Target};
 
+/// The start both scripts share: `now_ms()` (Redis's clock, in milliseconds) and the
+/// history's current `epoch`, made anew (stream dropped, offset 0, the candidate
+/// `ARGV[1]` as its name) when Redis lost it or went back in time: the same epoch
+/// with a lower offset than the caller's floor (`floor_epoch`, `floor_offset`, set by
+/// each script from its own ARGV; both empty before the caller saw any). KEYS[1] is
+/// the epoch hash, KEYS[2] the stream, in both scripts. One text, so the two cannot
+/// disagree on what a lost history is.
+macro_rules! current_epoch_lua {
+    () => {
+        r"
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and floor_epoch == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(floor_offset) then
+  epoch = false
+end
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+"
+    };
+}
+
 /// `EVAL script numkeys keys...`, to which the caller adds the script's ARGV.
 ///
 /// `EVAL` with the script's text every time, not `EVALSHA`: a publish that times
@@ -55,23 +82,15 @@ pub fn eval(script: &str, keys: &[String]) -> redis::Cmd {
 /// id, and the caller's floor (see the module doc: a history that went back):
 /// epoch text and offset, or two empty strings.
 /// Returns `{epoch, offset, matched, nodes, listening, stream length}`.
-pub const PUBLISH: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and ARGV[13] == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(ARGV[14]) then
-  epoch = false
-end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+pub const PUBLISH: &str = concat!(
+    "local floor_epoch, floor_offset = ARGV[13], ARGV[14]\n",
+    current_epoch_lua!(),
+    r"local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local id = string.format('%d', offset)
 local size = tonumber(ARGV[2])
 local len = 0
 if size > 0 then
-  local now = redis.call('TIME')
-  local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+  local ms = string.format('%d', now_ms())
   redis.call('XADD', KEYS[2], 'MAXLEN', size, id .. '-0',
     't', ARGV[6], 'k', ARGV[7], 'x', ARGV[8], 'e', ARGV[11], 'i', ARGV[12], 'd', ARGV[9], 'ms', ms)
   len = redis.call('XLEN', KEYS[2])
@@ -87,22 +106,16 @@ end
 local nodes = redis.call('SCARD', KEYS[4])
 local listening = redis.call('PUBLISH', ARGV[10], ARGV[4] .. epoch .. ':' .. id .. ':' .. ARGV[5] .. ARGV[9])
 return {epoch, offset, matched, nodes, listening, len}
-";
+",
+);
 
 /// KEYS: epoch hash, stream. ARGV: candidate epoch, since's epoch (or empty),
 /// since's offset (or empty), ttl in ms, and the caller's floor (see the module doc: a history that went back).
 /// Returns `{epoch, head, entries or false}`.
-pub const READ: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and ARGV[5] == epoch and tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') < tonumber(ARGV[6]) then
-  epoch = false
-end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
-local head = tonumber(redis.call('HGET', KEYS[1], 'offset'))
+pub const READ: &str = concat!(
+    "local floor_epoch, floor_offset = ARGV[5], ARGV[6]\n",
+    current_epoch_lua!(),
+    r"local head = tonumber(redis.call('HGET', KEYS[1], 'offset'))
 if ARGV[2] ~= epoch or ARGV[3] == '' then
   return {epoch, head, false}
 end
@@ -117,8 +130,7 @@ local entries = redis.call('XRANGE', KEYS[2], string.format('%d', since + 1) .. 
 if #entries ~= head - since then
   return {epoch, head, false}
 end
-local now = redis.call('TIME')
-local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
+local oldest = now_ms() - tonumber(ARGV[4])
 local first = entries[1][2]
 for i = 1, #first, 2 do
   if first[i] == 'ms' and tonumber(first[i + 1]) < oldest then
@@ -126,7 +138,8 @@ for i = 1, #first, 2 do
   end
 end
 return {epoch, head, entries}
-";
+",
+);
 
 /// The target fields of a stream entry and of the envelope: kind and key.
 pub fn target_fields(target: &Target) -> (&'static str, String) {
