@@ -17,7 +17,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use scenecast::config::SceneConfig;
 use scenecast::edge::Query;
 use scenecast::history::Stamp;
-use scenecast::hub::{ConnMeta, Hub, Outbox, frame};
+use scenecast::hub::{ConnMeta, Delivery, Hub, Outbox, frame};
 use scenecast::ingress::json_line::route_json_line;
 use scenecast::push::{Name, Push, Target};
 use scenecast::scenes::{Params, SceneTable};
@@ -33,6 +33,28 @@ fn meta(page: &str) -> ConnMeta {
         session: None,
         connected_at: 0,
     }
+}
+
+/// The time `deliver` takes, summed over `iterations` calls; each must reach
+/// `matched` connections. The outboxes are drained between calls, outside the
+/// measured time (the writers' work is not the fan-out's).
+fn time_deliveries(
+    iterations: u64,
+    outboxes: &[Arc<Outbox>],
+    matched: usize,
+    mut deliver: impl FnMut() -> Delivery,
+) -> Duration {
+    let mut measured = Duration::ZERO;
+    for _ in 0..iterations {
+        let start = Instant::now();
+        let delivery = deliver();
+        measured += start.elapsed();
+        assert_eq!(delivery.delivered, matched);
+        for outbox in outboxes {
+            while outbox.try_next().is_some() {}
+        }
+    }
+    measured
 }
 
 /// A 10k fan-out: the time to queue one frame in every matching outbox (the
@@ -57,17 +79,9 @@ fn fan_out(c: &mut Criterion) {
         group.throughput(Throughput::Elements(matched as u64));
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
-                let mut measured = Duration::ZERO;
-                for _ in 0..iterations {
-                    let start = Instant::now();
-                    let delivery = hub.deliver(black_box(&push));
-                    measured += start.elapsed();
-                    assert_eq!(delivery.delivered, matched);
-                    for outbox in &outboxes {
-                        while outbox.try_next().is_some() {}
-                    }
-                }
-                measured
+                time_deliveries(iterations, &outboxes, matched, || {
+                    hub.deliver(black_box(&push))
+                })
             })
         });
     }
@@ -89,19 +103,10 @@ fn fan_out(c: &mut Criterion) {
     group.throughput(Throughput::Elements(CONNECTIONS as u64));
     group.bench_function("all_10k_recover", |b| {
         b.iter_custom(|iterations| {
-            let mut measured = Duration::ZERO;
-            for _ in 0..iterations {
+            time_deliveries(iterations, &envelopes, CONNECTIONS, || {
                 offset += 1;
-                let stamp = Some(Stamp { epoch: 1, offset });
-                let start = Instant::now();
-                let delivery = recovering.deliver_stamped(black_box(&push), stamp);
-                measured += start.elapsed();
-                assert_eq!(delivery.delivered, CONNECTIONS);
-                for outbox in &envelopes {
-                    while outbox.try_next().is_some() {}
-                }
-            }
-            measured
+                recovering.deliver_stamped(black_box(&push), Some(Stamp { epoch: 1, offset }))
+            })
         })
     });
     // Issue 14: a page push to 10k Pusher subscribers of its channel (one Pusher
@@ -128,17 +133,9 @@ fn fan_out(c: &mut Criterion) {
         group.throughput(Throughput::Elements(CONNECTIONS as u64));
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
-                let mut measured = Duration::ZERO;
-                for _ in 0..iterations {
-                    let start = Instant::now();
-                    let delivery = hub.deliver(black_box(&push));
-                    measured += start.elapsed();
-                    assert_eq!(delivery.delivered, CONNECTIONS);
-                    for outbox in &outboxes {
-                        while outbox.try_next().is_some() {}
-                    }
-                }
-                measured
+                time_deliveries(iterations, &outboxes, CONNECTIONS, || {
+                    hub.deliver(black_box(&push))
+                })
             })
         });
     }
